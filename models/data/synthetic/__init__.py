@@ -1,0 +1,1 @@
+"""The synthetic video world: simulate (world), draw (render), write datasets (export)."""

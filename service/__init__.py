@@ -1,0 +1,1 @@
+"""vidserve: serving video perception models over REST and gRPC."""
