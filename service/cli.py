@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from models.eval.cli import eval_command
 from service.settings import get_settings
 
 app = typer.Typer(
@@ -104,6 +105,226 @@ def synth(
     typer.echo(
         f"wrote {videos} videos x {frames} frames to {out} (fingerprint {meta['fingerprint'][:12]})"
     )
+
+
+def _settings(**overrides) -> "Settings":  # noqa: F821 - imported lazily
+    """Settings from the environment, with the command line's options on top."""
+    from service.settings import Settings
+
+    values = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**values)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+@app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="REST port [env VIDSERVE_PORT, 8000].")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="gRPC port [env VIDSERVE_GRPC_PORT, 50051].")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on [0.0.0.0].")] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            help="Checkpoint store [env VIDSERVE_CHECKPOINT_STORE, the shipped checkpoints]."
+        ),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda:N [auto].")] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Run only the gateways, with workers behind Redis [env VIDSERVE_REDIS_URL]."
+        ),
+    ] = None,
+) -> None:
+    """Run the service: REST on --port, gRPC on --grpc-port. Without --redis-url the worker runs
+    in this process (the embedded default, no other server needed)."""
+    import asyncio
+
+    settings = _settings(
+        port=port,
+        grpc_port=grpc_port,
+        host=host,
+        checkpoint_store=store,
+        device=device,
+        redis_url=redis_url,
+    )
+    if settings.redis_url:
+        from service.app import serve_redis_gateway
+
+        asyncio.run(serve_redis_gateway(settings))
+    else:
+        from service.app import serve_embedded
+
+        asyncio.run(serve_embedded(settings))
+
+
+@app.command()
+def worker(
+    redis_url: Annotated[
+        str | None, typer.Option(help="Redis URL [env VIDSERVE_REDIS_URL].")
+    ] = None,
+    store: Annotated[Path | None, typer.Option(help="Checkpoint store [shipped].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda:N [auto].")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    max_wait_ms: Annotated[float | None, typer.Option(min=0.0)] = None,
+) -> None:
+    """Run one worker: it loads the store's models and serves gateways through Redis."""
+    import signal
+    import threading
+
+    from service.app import run_redis_worker
+
+    settings = _settings(
+        redis_url=redis_url,
+        checkpoint_store=store,
+        device=device,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+    )
+    if not settings.redis_url:
+        raise typer.BadParameter("a worker needs --redis-url (or VIDSERVE_REDIS_URL)")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        run_redis_worker(settings, stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@app.command()
+def segment(
+    video: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A video file.")],
+    out: Annotated[Path, typer.Option(help="Results in the service's JSON schema.")],
+    model: Annotated[str | None, typer.Option(help="Model name [the default model].")] = None,
+    store: Annotated[Path | None, typer.Option(help="Checkpoint store [shipped].")] = None,
+    score_threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
+    frame_stride: Annotated[int, typer.Option(min=1)] = 1,
+    max_frames: Annotated[int | None, typer.Option(min=1)] = None,
+    ytvis_out: Annotated[
+        Path | None, typer.Option(help="Also write YouTube-VIS results JSON (one entry per track).")
+    ] = None,
+    render: Annotated[
+        Path | None,
+        typer.Option(help="Also write a browser-playable mp4 with masks, ids and labels."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda:N.")] = None,
+) -> None:
+    """Segment and track the objects of a video in this process (no server), writing the same
+    results the service answers."""
+    import json
+
+    from rich.progress import Progress
+
+    from models.checkpoints.errors import CheckpointError
+    from service.gateway.video_input import InputError
+    from service.local import segment_file, ytvis_results_of
+    from service.worker.runner import OptionError
+    from service.worker.runners import load_runner_from_store
+
+    settings = _settings(checkpoint_store=store, device=device)
+    name = model or settings.default_model
+    try:
+        runner = load_runner_from_store(settings.checkpoint_store, name, settings.device)
+    except (LookupError, CheckpointError) as e:
+        raise typer.BadParameter(str(e), param_hint="--model") from None
+    options = {} if score_threshold is None else {"score_threshold": score_threshold}
+    with Progress() as progress:
+        task = progress.add_task(f"segmenting {video.name}", total=max_frames)
+        try:
+            result = segment_file(
+                video,
+                runner,
+                options,
+                frame_stride,
+                max_frames,
+                on_frame=lambda: progress.advance(task),
+            )
+        except InputError as e:
+            typer.echo(f"error: {video}: {e.title}: {e.detail}", err=True)
+            raise typer.Exit(2) from None
+        except OptionError as e:
+            raise typer.BadParameter(str(e)) from None
+    out.write_text(result.model_dump_json(indent=1))
+    if ytvis_out:
+        ytvis_out.write_text(json.dumps(ytvis_results_of(result, runner.info.classes)))
+    if render:
+        from service.gateway.render import render_video
+
+        render.write_bytes(render_video(video, result.frames, result.fps))
+    typer.echo(f"{len(result.frames)} frames, {len(result.tracks)} tracks -> {out}")
+
+
+train_app = typer.Typer(
+    help="Train a model family and publish the checkpoint.", no_args_is_help=True
+)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("vis")
+def train_vis_command(
+    data: Annotated[
+        Path,
+        typer.Option(
+            exists=True,
+            help=(
+                "YouTube-VIS dataset: a `vidserve synth` folder, the official layout "
+                "(<split>.json + <split>/JPEGImages) or an annotation JSON."
+            ),
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Checkpoint store to publish into.")],
+    name: Annotated[str, typer.Option(help="Model name in the store.")] = "masktrack",
+    split: Annotated[str, typer.Option(help="Split of --data to train on.")] = "train",
+    val: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            help=("Held-out dataset for validation [the last --val-videos videos of --data]."),
+        ),
+    ] = None,
+    val_split: Annotated[str, typer.Option(help="Split of --val.")] = "val",
+    val_videos: Annotated[int, typer.Option(min=0)] = 4,
+    iters: Annotated[int, typer.Option(min=1, help="Optimisation steps.")] = 3000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Frame pairs per step.")] = 4,
+    lr: Annotated[float, typer.Option(min=0.0)] = 2e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    work_dir: Annotated[Path, typer.Option(help="Resumable training state.")] = Path("runs/vis"),
+    resume: Annotated[bool, typer.Option(help="Continue from --work-dir's state.")] = False,
+    redis_url: Annotated[str | None, typer.Option(help="Announce the checkpoint on Redis.")] = None,
+) -> None:
+    """Train MaskTrack R-CNN (small CPU configuration), evaluate YouTube-VIS AP on held-out
+    videos, publish to the store."""
+    from models.data.errors import DatasetError
+    from models.train.vis import VisTrainConfig, train_vis
+
+    config = VisTrainConfig(
+        data=data,
+        store=out,
+        name=name,
+        split=split,
+        val=val,
+        val_split=val_split,
+        val_videos=val_videos,
+        iters=iters,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        work_dir=work_dir,
+        resume=resume,
+        redis_url=redis_url,
+    )
+    try:
+        folder = train_vis(config)
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"published {folder}")
+
+
+app.command("eval")(eval_command)
 
 
 def main() -> None:

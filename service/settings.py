@@ -1,8 +1,14 @@
-"""Settings, read from environment variables prefixed VIDSERVE_ (e.g. VIDSERVE_LOG_LEVEL=debug)."""
+"""Settings, read from environment variables prefixed VIDSERVE_ (e.g. VIDSERVE_PORT=9000).
+Command-line options override them."""
 
 from functools import lru_cache
+from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The checkpoints that ship with the project, so a fresh clone serves real masks.
+SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
 class Settings(BaseSettings):
@@ -10,7 +16,42 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
+    # Where models come from, and what a request gets when it names none.
+    checkpoint_store: Path = Field(SHIPPED_CHECKPOINTS, description="checkpoint store folder")
+    default_model: str = "masktrack"
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda:N'")
+    reload_poll_s: float = Field(2.0, description="how often the store is checked for new versions")
+
+    # Gateways.
+    host: str = "0.0.0.0"
+    port: int = 8000
+    grpc_port: int = 50051
+    redis_url: str | None = None
+
+    # Admission and limits.
+    max_frames_in_flight: int = Field(64, ge=1, description="per gateway, over all sessions")
+    session_window: int = Field(8, ge=1, description="frames of one session at a worker at once")
+    retry_after_s: int = Field(1, ge=1)
+    max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    max_video_frames: int = Field(3000, ge=1)
+    max_width: int = Field(1920, ge=16)
+    max_height: int = Field(1080, ge=16)
+
+    # Worker batching and sessions.
+    max_batch_size: int = Field(8, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    max_sessions: int = Field(256, ge=1)
+    session_idle_s: float = Field(60.0, gt=0)
+
 
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,1 @@
+"""Training jobs: one module a family, sharing the loop (loop.py) and the announcement."""

@@ -1,0 +1,216 @@
+"""`vidserve train vis`: MaskTrack R-CNN on a YouTube-VIS dataset (ours or the real one).
+
+Reads the dataset, trains on (key frame, reference frame) pairs with progress and resumable state,
+evaluates YouTube-VIS AP on held-out videos, then publishes the checkpoint to the store (and, with
+a Redis URL, announces it so that running workers load it).
+"""
+
+import json
+import logging
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from models.checkpoints.store import CheckpointStore
+from models.data.ytvis import YtvisDataset, load_ytvis
+from models.train.announce import announce_checkpoint
+from models.train.loop import LoopConfig, forever, load_state, make_optimizer, run_loop
+from models.train.vis_data import VisPairDataset, collate_pairs, read_rgb
+from models.vis.config import VisConfig
+from models.vis.model import MaskTrackRCNN, build_masktrack_rcnn
+from models.vis.video_inference import segment_video, ytvis_results
+
+log = logging.getLogger(__name__)
+
+VAL_SCORE_THRESHOLD = 0.1  # low, as AP rewards recall; serving defaults to 0.5
+
+
+@dataclass
+class VisTrainConfig:
+    data: Path
+    store: Path
+    name: str = "masktrack"
+    split: str = "train"
+    val: Path | None = None  # a held-out dataset; None: hold out val_videos of `data`
+    val_split: str = "train"
+    val_videos: int = 4
+    iters: int = 3000
+    batch_size: int = 4
+    lr: float = 2e-3
+    seed: int = 0
+    work_dir: Path = Path("runs/vis")
+    resume: bool = False
+    redis_url: str | None = None
+    model_overrides: dict = field(default_factory=dict)  # VisConfig.small fields
+    show_progress: bool = True
+
+
+def locate_ytvis(root: Path, split: str) -> tuple[Path, Path]:
+    """(annotation JSON, image root) of a YouTube-VIS dataset folder, in either layout:
+    ours (`<root>/ytvis/<split>.json`, `JPEGImages/`) or the official one (`<root>/<split>.json`
+    and `<root>/<split>/JPEGImages/`). A JSON file may also be given directly."""
+    root = Path(root)
+    if root.is_file():
+        return root, root.parent / "JPEGImages"
+    for base in (root / "ytvis", root):
+        ann = base / f"{split}.json"
+        if ann.is_file():
+            images = base / "JPEGImages"
+            return ann, images if images.is_dir() else base / split / "JPEGImages"
+    raise FileNotFoundError(f"{root}: no {split}.json here or in {root / 'ytvis'}")
+
+
+def dataset_fingerprint(root: Path, ann_file: Path) -> str:
+    meta = Path(root) / "meta.json"
+    if meta.is_file():
+        return json.loads(meta.read_text())["fingerprint"]
+    import hashlib
+
+    return hashlib.sha256(ann_file.read_bytes()).hexdigest()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_vis(cfg: VisTrainConfig) -> Path:
+    """Train, evaluate and publish; returns the published checkpoint folder."""
+    seed_everything(cfg.seed)
+    ann, images = locate_ytvis(cfg.data, cfg.split)
+    data = load_ytvis(ann, images, check_files=True)
+    category_ids = sorted(data.categories)
+    class_names = [data.categories[c] for c in category_ids]
+    train_ids, val_set = _split(cfg, data)
+    model_config = VisConfig.small(num_classes=len(class_names), **cfg.model_overrides)
+    model = build_masktrack_rcnn(model_config)
+    label_of = {c: k + 1 for k, c in enumerate(category_ids)}
+    pairs = VisPairDataset(data, label_of=label_of, seed=cfg.seed)
+    keys = [k for k, (video_id, _) in enumerate(pairs.keys) if video_id in train_ids]
+    loader = DataLoader(
+        Subset(pairs, keys),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        collate_fn=collate_pairs,
+        drop_last=len(keys) >= cfg.batch_size,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    loop_cfg = LoopConfig(
+        steps=cfg.iters,
+        lr=cfg.lr,
+        warmup_steps=min(200, cfg.iters // 10 + 1),
+        state_path=cfg.work_dir / "train_state.pt",
+        show_progress=cfg.show_progress,
+    )
+    optimizer = make_optimizer(model, loop_cfg)
+    start = 0
+    if cfg.resume and loop_cfg.state_path.is_file():
+        start = load_state(loop_cfg.state_path, model, optimizer)
+        log.info("resuming from step %d of %s", start, loop_cfg.state_path)
+    log.info(
+        "training %s on %d key frames of %d videos, %d steps",
+        cfg.name,
+        len(keys),
+        len(train_ids),
+        cfg.iters,
+    )
+    result = run_loop(
+        model, optimizer, forever(loader), _loss_fn(model), loop_cfg, start, description="train vis"
+    )
+    model.eval()
+    metrics = evaluate_vis_model(model, *val_set, class_names) if val_set[1] else {}
+    log.info("validation: %s", metrics)
+    version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    folder = CheckpointStore(cfg.store).publish(
+        model,
+        family="vis",
+        name=cfg.name,
+        version=version,
+        architecture=model.architecture(),
+        class_names=class_names,
+        metrics=metrics,
+        dataset_fingerprint=dataset_fingerprint(cfg.data, ann),
+        training={
+            "command": " ".join(["vidserve", *sys.argv[1:]]) if sys.argv else "",
+            "seed": cfg.seed,
+            "iters": cfg.iters,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "seconds_this_run": round(result.seconds, 1),
+            "resumed_from_step": start,
+            "train_videos": len(train_ids),
+            "final_loss": _mean_tail(result.loss_history),
+            "device": str(model.device),
+            "torch_threads": torch.get_num_threads(),
+        },
+    )
+    if cfg.redis_url:
+        announce_checkpoint(cfg.redis_url, "vis", cfg.name, version, folder)
+    return folder
+
+
+def _split(cfg: VisTrainConfig, data: YtvisDataset) -> tuple[set[int], tuple]:
+    """Training video ids, and (validation dataset, its video ids)."""
+    if cfg.val is not None:
+        ann, images = locate_ytvis(cfg.val, cfg.val_split)
+        val = load_ytvis(ann, images, check_files=True)
+        if set(val.categories.items()) != set(data.categories.items()):
+            raise ValueError(f"{ann}: categories differ from the training set's")
+        return set(data.videos), (val, list(val.videos))
+    ids = sorted(data.videos)
+    held = ids[-cfg.val_videos :] if len(ids) > cfg.val_videos else []
+    return set(ids) - set(held), (data, held)
+
+
+def _loss_fn(model: MaskTrackRCNN):
+    def losses(batch):
+        key_images, key_targets, ref_images, ref_targets = batch
+        return model.training_losses(key_images, key_targets, ref_images, ref_targets)
+
+    return losses
+
+
+def evaluate_vis_model(
+    model: MaskTrackRCNN,
+    data: YtvisDataset,
+    video_ids: list[int],
+    class_names: list[str],
+    score_threshold: float = VAL_SCORE_THRESHOLD,
+    batch_size: int = 4,
+) -> dict[str, float]:
+    """YouTube-VIS AP of `model` on the given videos of `data` (its ground truth)."""
+    from models.eval.vis import evaluate_vis_files
+
+    category_ids = {data.categories[c]: c for c in sorted(data.categories)}
+    results = []
+    for video_id in video_ids:
+        video = data.videos[video_id]
+        frames = (read_rgb(data.frame_path(video_id, t)) for t in range(video.length))
+        per_frame = list(
+            segment_video(model, frames, tuple(class_names), score_threshold, batch_size)
+        )
+        results += ytvis_results(per_frame, video_id, category_ids)
+    with tempfile.TemporaryDirectory() as tmp:
+        gt_file, results_file = Path(tmp) / "gt.json", Path(tmp) / "results.json"
+        _write_gt_subset(data, video_ids, gt_file)
+        results_file.write_text(json.dumps(results))
+        return dict(evaluate_vis_files(gt_file, results_file).metrics)
+
+
+def _write_gt_subset(data: YtvisDataset, video_ids: list[int], path: Path) -> None:
+    from models.data.ytvis import write_ytvis
+
+    tracks = [t for v in video_ids for t in data.tracks_of(v)]
+    write_ytvis(path, [data.videos[v] for v in video_ids], tracks, data.categories)
+
+
+def _mean_tail(history: list[float], n: int = 50) -> float | None:
+    return round(float(np.mean(history[-n:])), 4) if history else None

@@ -1,0 +1,208 @@
+"""Putting the service together: models from the store into a worker, hot reload, gateways.
+
+`vidserve serve` (embedded default): gateway and worker in one process over the in-process queue.
+`vidserve serve --redis-url` runs the gateways only; `vidserve worker --redis-url` runs a worker.
+"""
+
+import asyncio
+import json
+import logging
+import threading
+from pathlib import Path
+
+from models.checkpoints.store import CheckpointStore
+from service.settings import Settings, resolve_device
+from service.worker.runners import load_runners
+from service.worker.worker import Worker, WorkerConfig
+
+log = logging.getLogger(__name__)
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    return WorkerConfig(
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_sessions=settings.max_sessions,
+        session_idle_s=settings.session_idle_s,
+    )
+
+
+class ModelHost:
+    """Keeps a worker serving the newest version of every model in the store.
+
+    Polls the store (and, with Redis, also wakes on announcements); a new version is loaded
+    beside the running one and installed between batches; a broken one is refused with a log
+    line and the old version keeps serving.
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        store: Path,
+        device: str,
+        poll_s: float = 2.0,
+        redis_url: str | None = None,
+    ):
+        self.worker = worker
+        self.store = CheckpointStore(store)
+        self.device = resolve_device(device)
+        self.poll_s = poll_s
+        self.redis_url = redis_url
+        self.loaded: dict[tuple[str, str], str] = {}  # (family, name) -> version installed
+        self.refused: set[tuple[str, str, str]] = set()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+
+    def sync(self) -> list[str]:
+        """Install what changed in the store; returns the names of newly installed versions."""
+        installed = []
+        for (family, name), version in self.store.snapshot().items():
+            key = (family, name)
+            if self.loaded.get(key) == version or (family, name, version) in self.refused:
+                continue
+            path = self.store.path(family, name, version)
+            try:
+                runners = load_runners(path, name, self.device)
+            except Exception as e:  # a broken checkpoint must not stop the serving one
+                log.error("refused checkpoint %s: %s", path, e)
+                self.refused.add((family, name, version))
+                continue
+            for runner in runners:
+                self.worker.install(runner)
+                installed.append(f"{runner.info.name}:{version}")
+            self.loaded[key] = version
+        return installed
+
+    def start(self) -> None:
+        threading.Thread(target=self._watch, daemon=True, name="model-host").start()
+        if self.redis_url:
+            threading.Thread(target=self._listen, daemon=True, name="announcements").start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+            try:
+                self.sync()
+            except Exception:
+                log.exception("checking the checkpoint store failed")
+
+    def _listen(self) -> None:
+        """Wake the watcher when a trainer announces a checkpoint on Redis."""
+        import redis
+
+        from models.train.announce import CHECKPOINT_CHANNEL
+
+        while not self._stop.is_set():
+            try:
+                with redis.Redis.from_url(self.redis_url) as client:
+                    pubsub = client.pubsub()
+                    pubsub.subscribe(CHECKPOINT_CHANNEL)
+                    while not self._stop.is_set():
+                        message = pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        if message:
+                            log.info("checkpoint announced: %s", json.loads(message["data"]))
+                            self._wake.set()
+            except redis.RedisError as e:
+                log.warning("announcement channel: %s; retrying", e)
+                self._stop.wait(2.0)
+
+
+async def serve_embedded(settings: Settings, ready: threading.Event | None = None) -> None:
+    """Gateways and worker in this process; returns when the server is stopped (Ctrl-C)."""
+    from service.metrics import Metrics
+    from service.queue.inprocess import InProcessTransport
+
+    transport = InProcessTransport()
+    metrics = Metrics()  # one registry: the gateway's /metrics shows the worker's batches too
+    worker = Worker(transport, worker_config(settings), metrics)
+    transport.attach(worker)
+    host = ModelHost(worker, settings.checkpoint_store, settings.device, settings.reload_poll_s)
+    loaded = host.sync()
+    log.info("loaded %s from %s", ", ".join(loaded) or "no model", settings.checkpoint_store)
+    threading.Thread(target=worker.run, daemon=True, name="worker").start()
+    host.start()
+    try:
+        await serve_gateways(settings, transport, worker, ready, metrics)
+    finally:
+        host.stop()
+        worker.stop()
+
+
+async def serve_redis_gateway(settings: Settings, ready: threading.Event | None = None) -> None:
+    """Only the gateways; `vidserve worker` processes behind Redis do the work."""
+    from service.queue.redis_streams import RedisGatewayTransport
+
+    await serve_gateways(settings, RedisGatewayTransport(settings.redis_url), None, ready)
+
+
+def run_redis_worker(settings: Settings, stop: threading.Event | None = None) -> None:
+    """A worker serving the store's models to gateways through Redis, until `stop` is set
+    (or SIGTERM / Ctrl-C)."""
+    from service.queue.redis_streams import RedisWorkerTransport
+
+    transport = RedisWorkerTransport(settings.redis_url)
+    worker = Worker(transport, worker_config(settings))
+    transport.attach(worker)
+    host = ModelHost(
+        worker,
+        settings.checkpoint_store,
+        settings.device,
+        settings.reload_poll_s,
+        settings.redis_url,
+    )
+    loaded = host.sync()
+    log.info("worker %s loaded %s", transport.worker_id, ", ".join(loaded) or "no model")
+    transport.start()
+    host.start()
+    stop = stop or threading.Event()
+    threading.Thread(target=lambda: (stop.wait(), worker.stop()), daemon=True).start()
+    try:
+        worker.run()
+    finally:
+        host.stop()
+        transport.stop()
+
+
+async def serve_gateways(
+    settings: Settings, transport, worker=None, ready: threading.Event | None = None, metrics=None
+) -> None:
+    """REST (uvicorn) and gRPC in this event loop, until uvicorn is told to stop."""
+    import uvicorn
+
+    from service.gateway.context import ServiceContext
+    from service.gateway.grpc_server import set_health, start_grpc_server
+    from service.gateway.rest import create_app
+
+    await transport.start()
+    ctx = ServiceContext.create(settings, transport, worker, metrics)
+    grpc_server = await start_grpc_server(ctx, settings.grpc_port)
+    health_task = asyncio.create_task(_keep_health(grpc_server, transport, set_health))
+    config = uvicorn.Config(
+        create_app(ctx),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    log.info("REST on %s:%d, gRPC on port %d", settings.host, settings.port, grpc_server.bound_port)
+    if ready is not None:
+        asyncio.get_running_loop().call_later(0.2, ready.set)
+    try:
+        await server.serve()
+    finally:
+        health_task.cancel()
+        await grpc_server.stop(grace=2)
+        await transport.stop()
+
+
+async def _keep_health(grpc_server, transport, set_health) -> None:
+    """gRPC health follows readiness: SERVING once a worker has a model."""
+    while True:
+        await set_health(grpc_server, bool(await transport.models()))
+        await asyncio.sleep(1.0)

@@ -1,0 +1,1 @@
+"""Gateways: REST (FastAPI) and gRPC, sharing the session pipeline and admission control."""

@@ -1,0 +1,340 @@
+"""The gRPC gateway (grpc.aio): StreamFrames (bidirectional), SegmentVideo, ListModels, plus the
+standard health service and server reflection.
+
+Flow control: the stream's next frame is read only when the session's window has room, so a client
+that sends faster than the worker keeps up is slowed by gRPC's own flow control, never dropped.
+"""
+
+import logging
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.gateway.context import ServiceContext
+from service.gateway.grpc_gen import vidserve_pb2 as pb
+from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc
+from service.gateway.pipeline import Busy, InputFrame, SessionError, run_session
+from service.gateway.video_input import InputError, VideoLimits, decode_frames, probe_video
+from service.queue.base import NoWorker
+from service.queue.messages import ErrorCode
+from service.schemas import FrameResult, SegmentResponse, summarize_tracks
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VideoSegmentation"].full_name
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+GRPC_CODE = {
+    ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.STATE_LOST: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+
+class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
+    def __init__(self, ctx: ServiceContext):
+        self.ctx = ctx
+
+    async def StreamFrames(self, request_iterator, context):  # noqa: N802 - gRPC's name
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "config":
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first message of a stream must be a SessionConfig",
+            )
+        name, options = await self._session_config(first.config, context)
+        async with _Reserved(self.ctx, context):
+            frames = _stream_frames(request_iterator, self.ctx)
+            try:
+                async for result in run_session(
+                    self.ctx.transport,
+                    name,
+                    options,
+                    frames,
+                    self.ctx.admission.window,
+                    on_frame_latency=self.ctx.observe_frame,
+                ):
+                    yield to_proto(result)
+            except (SessionError, InputError, NoWorker) as e:
+                await _abort(context, e, self.ctx)
+
+    async def SegmentVideo(self, request_iterator, context):  # noqa: N802
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "config":
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a VideoConfig"
+            )
+        config = first.config
+        name, options = await self._session_config(config.session, context)
+        if config.frame_stride < 0 or config.max_frames < 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "frame_stride and max_frames must be >= 0"
+            )
+        settings = self.ctx.settings
+        limits = VideoLimits(settings.max_video_frames, settings.max_width, settings.max_height)
+        async with _Reserved(self.ctx, context):
+            path = None
+            try:
+                path = await _receive_file(request_iterator, settings.max_upload_bytes)
+                probe = probe_video(path, limits)
+                frames = decode_frames(
+                    path, probe, limits, max(1, config.frame_stride), config.max_frames or None
+                )
+                results = [
+                    r
+                    async for r in run_session(
+                        self.ctx.transport,
+                        name,
+                        options,
+                        frames,
+                        self.ctx.admission.window,
+                        on_frame_latency=self.ctx.observe_frame,
+                    )
+                ]
+                if not results:
+                    raise InputError(422, "Empty video", "the video has no frames to process")
+                return response_to_proto(
+                    SegmentResponse(
+                        model=results[0].model,
+                        model_version=results[0].model_version,
+                        width=probe.width,
+                        height=probe.height,
+                        fps=probe.fps,
+                        frames=results,
+                        tracks=summarize_tracks(results),
+                    )
+                )
+            except (SessionError, InputError, NoWorker) as e:
+                await _abort(context, e, self.ctx)
+            finally:
+                if path is not None:
+                    path.unlink(missing_ok=True)
+
+    async def ListModels(self, request, context):  # noqa: N802
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelInfo(
+                    name=m.name,
+                    task=m.task,
+                    version=m.version,
+                    classes=list(m.classes),
+                    takes_prompt=m.takes_prompt,
+                )
+                for m in await self.ctx.transport.models()
+            ]
+        )
+
+    async def _session_config(self, config, context) -> tuple[str, dict]:
+        name = config.model or self.ctx.settings.default_model
+        served = {m.name for m in await self.ctx.transport.models()}
+        if name not in served:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model '{name}' is not served; served: {', '.join(sorted(served)) or 'none yet'}",
+            )
+        options = {}
+        if config.HasField("score_threshold"):
+            if not 0.0 <= config.score_threshold <= 1.0:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "score_threshold must be in [0, 1]"
+                )
+            options["score_threshold"] = config.score_threshold
+        return name, options
+
+
+class _Reserved:
+    """Admission for one call: RESOURCE_EXHAUSTED when the gateway is full."""
+
+    def __init__(self, ctx: ServiceContext, context):
+        self.ctx, self.context, self.reservation = ctx, context, None
+
+    async def __aenter__(self):
+        try:
+            self.reservation = self.ctx.admission.acquire()
+        except Busy as e:
+            self.ctx.metrics.errors.labels("resource_exhausted").inc()
+            self.context.set_trailing_metadata((("retry-after", str(e.retry_after_s)),))
+            await self.context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"busy: retry after {e.retry_after_s} s"
+            )
+        return self
+
+    async def __aexit__(self, *exc):
+        if self.reservation is not None:
+            self.reservation.release()
+
+
+async def _stream_frames(requests, ctx: ServiceContext) -> AsyncIterator[InputFrame]:
+    """Decode the stream's frames; the first frame fixes the size the others must have."""
+    size = None
+    count = 0
+    async for request in requests:
+        if request.WhichOneof("kind") != "frame":
+            raise InputError(
+                400,
+                "Bad message",
+                f"message {count + 1} after the config is not "
+                "a frame (only the first message may be a config)",
+            )
+        frame = request.frame
+        index = frame.frame_index if frame.HasField("frame_index") else count
+        image = decode_image(frame.image, index)
+        h, w = image.shape[:2]
+        if size is None:
+            if w > ctx.settings.max_width or h > ctx.settings.max_height:
+                raise InputError(
+                    413,
+                    "Frame too large",
+                    f"frame {index} is {w}x{h}, over the "
+                    f"limit {ctx.settings.max_width}x{ctx.settings.max_height}",
+                )
+            size = (h, w)
+        elif (h, w) != size:
+            raise InputError(
+                422,
+                "Frame size changes",
+                f"frame {index} is {w}x{h}, the first was {size[1]}x{size[0]}",
+            )
+        time = frame.time if frame.HasField("time") else index / 25.0
+        prompt = {
+            p.object_id: {"size": [p.mask.height, p.mask.width], "counts": p.mask.counts}
+            for p in frame.prompts
+        } or None
+        yield InputFrame(index, time, image, prompt)
+        count += 1
+
+
+def decode_image(data: bytes, index: int) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if image is None:
+        raise InputError(
+            400, "Not an image", f"frame {index} is not an encoded image (JPEG or PNG)"
+        )
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+async def _receive_file(requests, max_bytes: int) -> Path:
+    with tempfile.NamedTemporaryFile(prefix="vidserve-grpc-", delete=False) as out:
+        path = Path(out.name)
+        size = 0
+        async for request in requests:
+            if request.WhichOneof("kind") != "data":
+                path.unlink(missing_ok=True)
+                raise InputError(400, "Bad message", "only the first message may be a config")
+            size += len(request.data)
+            if size > max_bytes:
+                path.unlink(missing_ok=True)
+                raise InputError(413, "Upload too large", f"the video exceeds {max_bytes} bytes")
+            out.write(request.data)
+    return path
+
+
+async def _abort(context, error: Exception, ctx: ServiceContext):
+    if isinstance(error, SessionError):
+        code, text = GRPC_CODE.get(error.code, grpc.StatusCode.INTERNAL), error.message
+    elif isinstance(error, NoWorker):
+        code, text = grpc.StatusCode.UNAVAILABLE, str(error)
+    else:
+        code, text = grpc.StatusCode.INVALID_ARGUMENT, f"{error.title}: {error.detail}"
+    ctx.metrics.errors.labels(code.name.lower()).inc()
+    await context.abort(code, text)
+
+
+def to_proto(result: FrameResult) -> pb.FrameResult:
+    return pb.FrameResult(
+        frame_index=result.frame_index,
+        time=result.time,
+        model=result.model,
+        model_version=result.model_version,
+        objects=[
+            pb.DetectedObject(
+                track_id=o.track_id,
+                category=o.category,
+                score=o.score,
+                box=list(o.box),
+                mask=pb.Mask(height=o.mask.size[0], width=o.mask.size[1], counts=o.mask.counts),
+                actions=[pb.ActionLabel(label=a.label, score=a.score) for a in o.actions],
+            )
+            for o in result.objects
+        ],
+    )
+
+
+def from_proto(message: pb.FrameResult) -> FrameResult:
+    """The inverse of to_proto (clients and tests compare gRPC with REST through it)."""
+    return FrameResult(
+        frame_index=message.frame_index,
+        time=message.time,
+        model=message.model,
+        model_version=message.model_version,
+        objects=[
+            {
+                "track_id": o.track_id if o.HasField("track_id") else None,
+                "category": o.category,
+                "score": o.score,
+                "box": tuple(o.box),
+                "mask": {"size": (o.mask.height, o.mask.width), "counts": o.mask.counts},
+                "actions": [{"label": a.label, "score": a.score} for a in o.actions],
+            }
+            for o in message.objects
+        ],
+    )
+
+
+def response_to_proto(response: SegmentResponse) -> pb.SegmentResponse:
+    return pb.SegmentResponse(
+        model=response.model,
+        model_version=response.model_version,
+        width=response.width,
+        height=response.height,
+        fps=response.fps,
+        frames=[to_proto(f) for f in response.frames],
+        tracks=[pb.TrackSummary(**t.model_dump()) for t in response.tracks],
+    )
+
+
+async def start_grpc_server(ctx: ServiceContext, port: int, host: str = "[::]") -> grpc.aio.Server:
+    """Start the gRPC server (VideoSegmentation, health, reflection); returns it running."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+    )
+    pb_grpc.add_VideoSegmentationServicer_to_server(VideoSegmentationServicer(ctx), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"gRPC could not listen on {host}:{port}")
+    await server.start()
+    server.bound_port = bound
+    server.health = health_servicer
+    return server
+
+
+async def set_health(server: grpc.aio.Server, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", SERVICE_NAME):
+        await server.health.set(name, status)

@@ -1,0 +1,363 @@
+"""The REST gateway (FastAPI): POST /v1/segment, GET /v1/models, health, readiness, metrics.
+
+Every error is RFC 9457 problem+json: 400 bad parameters, 404 unknown model, 413 too large,
+415 not a video, 422 undecodable video or input that does not fit the model, 429 busy (with
+Retry-After), 503 no worker or session state lost.
+"""
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, File, Form, Header, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
+
+from service.gateway.context import ServiceContext
+from service.gateway.pipeline import Busy, SessionError, run_session
+from service.gateway.video_input import InputError, VideoLimits, decode_frames, probe_video
+from service.queue.base import NoWorker
+from service.queue.messages import ErrorCode
+from service.schemas import FrameResult, SegmentResponse, summarize_tracks
+
+log = logging.getLogger(__name__)
+
+PROBLEM = "application/problem+json"
+NDJSON = "application/x-ndjson"
+MP4 = "video/mp4"
+
+# The status each worker error code gets over REST.
+HTTP_STATUS = {
+    ErrorCode.INVALID_ARGUMENT: 422,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.STATE_LOST: 503,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.RESOURCE_EXHAUSTED: 429,
+    ErrorCode.INTERNAL: 500,
+}
+
+_ERROR_RESPONSES = {
+    status: {"description": text, "content": {PROBLEM: {}}}
+    for status, text in [
+        (400, "Bad parameters or an empty upload"),
+        (404, "Unknown model"),
+        (413, "Upload, video length or resolution over the limit"),
+        (415, "Not a video"),
+        (422, "Undecodable video, or frames that do not fit the model"),
+        (429, "Busy: retry after the Retry-After seconds"),
+        (503, "No worker serves the model, or the session's worker died"),
+    ]
+}
+
+
+def problem(status: int, title: str, detail: str, headers: dict | None = None) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def create_app(ctx: ServiceContext) -> FastAPI:
+    app = FastAPI(
+        title="vidserve",
+        version="0.1.0",
+        description="Video perception models over REST: masks, track ids and labels per frame.",
+    )
+    app.state.ctx = ctx
+    _add_error_handlers(app, ctx)
+
+    @app.get("/healthz", tags=["operations"], summary="The process is up")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="A worker has a model loaded",
+        responses={503: _ERROR_RESPONSES[503]},
+    )
+    async def readyz():
+        models = await ctx.transport.models()
+        if not models:
+            return problem(503, "Not ready", "no worker has a model loaded yet")
+        return {"status": "ready", "models": [m.name for m in models]}
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics():
+        ctx.refresh_gauges()
+        return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models", tags=["models"], summary="The models served now")
+    async def models():
+        return {
+            "models": [
+                {
+                    "name": m.name,
+                    "task": m.task,
+                    "version": m.version,
+                    "classes": list(m.classes),
+                    "takes_prompt": m.takes_prompt,
+                }
+                for m in await ctx.transport.models()
+            ]
+        }
+
+    @app.post(
+        "/v1/segment",
+        tags=["segmentation"],
+        summary="Segment and track the objects of a video",
+        response_model=SegmentResponse,
+        responses={
+            200: {
+                "content": {NDJSON: {}, MP4: {}},
+                "description": 'JSON (default); NDJSON lines {"frame": ...} then '
+                '{"summary": ...} with Accept: application/x-ndjson; '
+                "an annotated H.264 mp4 with Accept: video/mp4",
+            },
+            **_ERROR_RESPONSES,
+        },
+    )
+    async def segment(
+        request: Request,
+        video: Annotated[UploadFile, File(description="The video (mp4, mov, mkv, webm, ...)")],
+        model: Annotated[
+            str | None, Form(description="Model name; see GET /v1/models", examples=["masktrack"])
+        ] = None,
+        score_threshold: Annotated[
+            float | None,
+            Form(
+                ge=0.0,
+                le=1.0,
+                description=("Report objects scoring at least this (model default when absent)"),
+            ),
+        ] = None,
+        frame_stride: Annotated[
+            int, Form(ge=1, le=1000, description="Process every n-th frame")
+        ] = 1,
+        max_frames: Annotated[
+            int | None,
+            Form(ge=1, description=("Process at most this many frames (the rest are ignored)")),
+        ] = None,
+        accept: Annotated[str | None, Header()] = None,
+    ):
+        name = model or ctx.settings.default_model
+        served = {m.name: m for m in await ctx.transport.models()}
+        if name not in served:
+            known = ", ".join(sorted(served)) or "none yet"
+            return problem(404, "Unknown model", f"model '{name}' is not served; served: {known}")
+        options = {} if score_threshold is None else {"score_threshold": score_threshold}
+        reservation = ctx.admission.acquire()  # Busy -> 429
+        cleanup = Cleanup(reservation)
+        try:
+            cleanup.upload = await _save_upload(video, ctx.settings.max_upload_bytes)
+            response = await _answer(
+                request, ctx, cleanup, name, options, frame_stride, max_frames, accept or ""
+            )
+            cleanup.handed_over = isinstance(response, StreamingResponse)
+            return response
+        finally:
+            if not cleanup.handed_over:
+                await cleanup()
+
+    return app
+
+
+class Cleanup:
+    """What a request holds until its answer is complete: its admission reservation, its upload
+    file and its session. Safe to call twice; a streamed answer runs it when the stream ends,
+    also when the client went away."""
+
+    def __init__(self, reservation):
+        self.reservation = reservation
+        self.upload: Path | None = None
+        self.results: AsyncIterator | None = None
+        self.handed_over = False
+
+    async def __call__(self) -> None:
+        if self.results is not None:
+            results, self.results = self.results, None
+            await results.aclose()  # closes the session: unsent frames are never sent
+        self.reservation.release()
+        if self.upload is not None:
+            self.upload.unlink(missing_ok=True)
+
+
+async def _answer(
+    request,
+    ctx: ServiceContext,
+    cleanup: Cleanup,
+    name: str,
+    options: dict,
+    stride: int,
+    max_frames: int | None,
+    accept: str,
+):
+    limits = VideoLimits(
+        ctx.settings.max_video_frames, ctx.settings.max_width, ctx.settings.max_height
+    )
+    started = time.monotonic()
+    probe = probe_video(cleanup.upload, limits)
+    ctx.metrics.stage_seconds.labels("decode").observe(time.monotonic() - started)
+    frames = decode_frames(cleanup.upload, probe, limits, stride, max_frames)
+    results = run_session(
+        ctx.transport,
+        name,
+        options,
+        frames,
+        ctx.admission.window,
+        on_frame_latency=ctx.observe_frame,
+    )
+    cleanup.results = results
+    first = await _first(results)  # errors at session start still get their own status
+    if NDJSON in accept:
+        return StreamingResponse(
+            _ndjson(ctx, first, results, probe),
+            media_type=NDJSON,
+            background=BackgroundTask(cleanup),
+        )
+    frames_out = [first] + [r async for r in _until_disconnect(request, results)]
+    started = time.monotonic()
+    if MP4 in accept:
+        from service.gateway.render import render_video
+
+        body = render_video(cleanup.upload, frames_out, probe.fps)
+        ctx.metrics.stage_seconds.labels("encode").observe(time.monotonic() - started)
+        return Response(body, media_type=MP4)
+    response = JSONResponse(_response(frames_out, probe).model_dump(mode="json"))
+    ctx.metrics.stage_seconds.labels("encode").observe(time.monotonic() - started)
+    return response
+
+
+async def _first(results: AsyncIterator[FrameResult]) -> FrameResult:
+    try:
+        return await anext(results)
+    except StopAsyncIteration:
+        raise InputError(422, "Empty video", "the video has no frames to process") from None
+
+
+async def _until_disconnect(request: Request, results: AsyncIterator[FrameResult]):
+    """The results, until the client goes away: then the session closes and frames not yet
+    sent are never sent (the generator's cleanup)."""
+    async for result in results:
+        if await request.is_disconnected():
+            await results.aclose()
+            log.info("client disconnected: remaining frames cancelled")
+            return
+        yield result
+
+
+async def _ndjson(ctx, first, results, probe):
+    frames = [first]
+    try:
+        yield json.dumps({"frame": first.model_dump(mode="json")}) + "\n"
+        async for result in results:
+            frames.append(result)
+            yield json.dumps({"frame": result.model_dump(mode="json")}) + "\n"
+        summary = _response(frames, probe).model_dump(mode="json", exclude={"frames"})
+        yield json.dumps({"summary": summary}) + "\n"
+    except (SessionError, InputError) as e:  # the status line is sent: report in the stream
+        status, title, detail = _error_parts(e)
+        ctx.metrics.errors.labels(str(status)).inc()
+        yield (
+            json.dumps(
+                {
+                    "error": {
+                        "type": "about:blank",
+                        "title": title,
+                        "status": status,
+                        "detail": detail,
+                    }
+                }
+            )
+            + "\n"
+        )
+
+
+def _response(frames: list[FrameResult], probe) -> SegmentResponse:
+    return SegmentResponse(
+        model=frames[0].model,
+        model_version=frames[0].model_version,
+        width=probe.width,
+        height=probe.height,
+        fps=probe.fps,
+        frames=frames,
+        tracks=summarize_tracks(frames),
+    )
+
+
+async def _save_upload(video: UploadFile, max_bytes: int) -> Path:
+    """Copy the upload to a file of our own (PyAV reads by path), enforcing the size limit."""
+    suffix = Path(video.filename or "upload").suffix[:8]
+    with tempfile.NamedTemporaryFile(prefix="vidserve-", suffix=suffix, delete=False) as out:
+        path = Path(out.name)
+        try:
+            video.file.seek(0)
+            copied = 0
+            while chunk := video.file.read(1 << 20):
+                copied += len(chunk)
+                if copied > max_bytes:
+                    raise InputError(
+                        413, "Upload too large", f"the upload exceeds {max_bytes} bytes"
+                    )
+                out.write(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+    return path
+
+
+def _error_parts(error: Exception) -> tuple[int, str, str]:
+    if isinstance(error, InputError):
+        return error.status, error.title, error.detail
+    if isinstance(error, SessionError):
+        status = HTTP_STATUS.get(error.code, 500)
+        title = {
+            503: "Session failed",
+            422: "Input does not fit the model",
+            404: "Unknown model",
+            429: "Busy",
+        }.get(status, "Internal error")
+        return status, title, error.message
+    return 500, "Internal error", "internal error"
+
+
+def _add_error_handlers(app: FastAPI, ctx: ServiceContext) -> None:
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        ctx.metrics.requests.labels(request.url.path, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", [])[1:]) or "request"
+            parts.append(f"{where}: {err.get('msg')}")
+        return problem(400, "Bad parameters", "; ".join(parts))
+
+    @app.exception_handler(InputError)
+    @app.exception_handler(SessionError)
+    async def input_error(request, exc):
+        status, title, detail = _error_parts(exc)
+        ctx.metrics.errors.labels(str(status)).inc()
+        headers = {"Retry-After": str(ctx.settings.retry_after_s)} if status == 429 else None
+        return problem(status, title, detail, headers)
+
+    @app.exception_handler(Busy)
+    async def busy(request, exc: Busy):
+        ctx.metrics.errors.labels("429").inc()
+        return problem(
+            429,
+            "Busy",
+            f"the service is at capacity; retry after {exc.retry_after_s} s",
+            {"Retry-After": str(exc.retry_after_s)},
+        )
+
+    @app.exception_handler(NoWorker)
+    async def no_worker(request, exc: NoWorker):
+        ctx.metrics.errors.labels("503").inc()
+        return problem(503, "No worker", str(exc))

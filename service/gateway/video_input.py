@@ -1,0 +1,182 @@
+"""Uploaded videos: tell "not a video" (415) from "a video we cannot decode" (422), check the
+limits (413), and decode frames in a thread so the event loop keeps serving other clients."""
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from service.gateway.pipeline import InputFrame
+
+
+class InputError(Exception):
+    """Bad input: the status and words the client gets (problem+json / a gRPC status)."""
+
+    def __init__(self, status: int, title: str, detail: str):
+        super().__init__(detail)
+        self.status, self.title, self.detail = status, title, detail
+
+
+# Leading bytes of the video containers we accept (ISO BMFF/MP4/MOV, Matroska/WebM, AVI, FLV,
+# MPEG-TS, MPEG-PS, Ogg).
+def looks_like_video_container(head: bytes) -> bool:
+    return (
+        head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
+        or head.startswith(b"\x1a\x45\xdf\xa3")
+        or (head.startswith(b"RIFF") and head[8:12] == b"AVI ")
+        or head.startswith(b"FLV")
+        or (len(head) > 188 and head[0] == 0x47 and head[188] == 0x47)
+        or head.startswith(b"\x00\x00\x01\xba")
+        or head.startswith(b"OggS")
+    )
+
+
+@dataclass
+class VideoLimits:
+    max_frames: int
+    max_width: int
+    max_height: int
+
+
+@dataclass
+class VideoProbe:
+    width: int
+    height: int
+    fps: float
+
+
+def probe_video(path: Path, limits: VideoLimits) -> VideoProbe:
+    """Open the file and decode its first frame: the checks a client gets an answer to before
+    any work starts."""
+    head = _head(path)
+    if not head:
+        raise InputError(400, "Empty upload", "the uploaded video is empty (0 bytes)")
+    if not looks_like_video_container(head):
+        raise InputError(
+            415,
+            "Not a video",
+            "the upload is not a video container (mp4, mov, mkv, webm, avi, flv, ts, mpeg, ogg)",
+        )
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(415, "Not a video", "the file has no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or 0) or 25.0
+            first = next(container.decode(stream), None)
+    except InputError:
+        raise
+    except av.error.EOFError:
+        raise InputError(
+            422, "Empty video", "the video has no frames (it ends before its first frame)"
+        ) from None
+    except (av.FFmpegError, ValueError, OSError, StopIteration) as e:
+        raise InputError(422, "Undecodable video", f"the video cannot be decoded: {e}") from None
+    if first is None:
+        raise InputError(422, "Empty video", "the video has no frames")
+    if first.width > limits.max_width or first.height > limits.max_height:
+        raise InputError(
+            413,
+            "Video too large",
+            f"{first.width}x{first.height} exceeds the "
+            f"limit of {limits.max_width}x{limits.max_height}",
+        )
+    return VideoProbe(first.width, first.height, fps)
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(512)
+
+
+async def decode_frames(
+    path: Path,
+    probe: VideoProbe,
+    limits: VideoLimits,
+    stride: int = 1,
+    max_frames: int | None = None,
+) -> AsyncIterator[InputFrame]:
+    """Frames 0, stride, 2*stride, ... decoded in a thread, handed over through a small buffer
+    (so a slow model holds back decoding instead of filling memory). Raises InputError 422 if the
+    video breaks off, 413 if it is longer than the limit."""
+    loop = asyncio.get_running_loop()
+    buffer: asyncio.Queue = asyncio.Queue(maxsize=4)
+    stop = threading.Event()
+    wanted = min(max_frames or limits.max_frames, limits.max_frames)
+
+    def put(item) -> None:
+        asyncio.run_coroutine_threadsafe(buffer.put(item), loop).result()
+
+    def work() -> None:
+        try:
+            for frame in iter_frames(path, probe, limits, stride, wanted, max_frames is None):
+                if stop.is_set():
+                    return
+                put(frame)
+            put(None)
+        except BaseException as e:  # handed to the consumer
+            if not stop.is_set():
+                put(e)
+
+    thread = threading.Thread(target=work, daemon=True, name="decode")
+    thread.start()
+    try:
+        while (item := await buffer.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while not buffer.empty():  # unblock a producer waiting on a full buffer
+            buffer.get_nowait()
+
+
+def iter_frames(
+    path: Path,
+    probe: VideoProbe,
+    limits: VideoLimits,
+    stride: int,
+    wanted: int,
+    enforce_limit: bool,
+):
+    count = 0
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for index, frame in enumerate(container.decode(stream)):
+                if index % stride:
+                    continue
+                if count == wanted:
+                    if enforce_limit:
+                        raise InputError(
+                            413,
+                            "Video too long",
+                            f"the video has more than "
+                            f"{limits.max_frames} frames (after frame_stride)",
+                        )
+                    return
+                image = frame.to_ndarray(format="rgb24")
+                if image.shape[:2] != (probe.height, probe.width):
+                    raise InputError(
+                        422,
+                        "Frame size changes",
+                        f"frame {index} is {image.shape[1]}x{image.shape[0]}, the "
+                        f"first was {probe.width}x{probe.height}",
+                    )
+                yield InputFrame(
+                    index, _frame_time(frame, index, probe.fps), np.ascontiguousarray(image)
+                )
+                count += 1
+    except av.FFmpegError as e:
+        raise InputError(
+            422, "Undecodable video", f"decoding stopped after {count} frames: {e}"
+        ) from None
+
+
+def _frame_time(frame, index: int, fps: float) -> float:
+    return round(float(frame.time), 4) if frame.time is not None else round(index / fps, 4)

@@ -1,0 +1,1 @@
+"""Queues between gateways and workers: one interface, in-process and Redis Streams."""

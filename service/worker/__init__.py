@@ -1,0 +1,1 @@
+"""The worker: loaded models, per-session state, dynamic batching."""
