@@ -205,7 +205,7 @@ class RedisWorkerTransport(WorkerTransport):
             GROUP,
             self.worker_id,
             {s: ">" for s in streams},
-            count=64,
+            count=16,
             block=max(1, int(timeout * 1000)),
         )
         messages, inbox_ids = [], []
@@ -323,14 +323,23 @@ class RedisGatewayTransport(GatewayTransport):
         tracked = _Tracked(handle, stateful)
         self._sessions[handle.session_id] = tracked
         if stateful:
-            # Session affinity: the least busy worker holds the session's state.
-            handle.worker_id = min(serving, key=lambda w: serving[w]["sessions"])
-            serving[handle.worker_id]["sessions"] += 1
+            # Session affinity: the least busy worker holds the session's state. Heartbeats
+            # lag, so this gateway's own open sessions count too (or all would go to one).
+            mine = self._open_per_worker()
+            handle.worker_id = min(serving, key=lambda w: (serving[w]["sessions"] + mine.get(w, 0),
+                                                           w))
             await self._xadd(
                 inbox_stream(handle.worker_id),
                 OpenSession(handle.session_id, model, options, self.gateway_id),
             )
         return handle
+
+    def _open_per_worker(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for tracked in self._sessions.values():
+            if tracked.stateful and not tracked.ended and tracked.handle.worker_id:
+                counts[tracked.handle.worker_id] = counts.get(tracked.handle.worker_id, 0) + 1
+        return counts
 
     async def send(self, session: SessionHandle, frame: Frame) -> None:
         tracked = self._sessions.get(session.session_id)

@@ -97,6 +97,10 @@ class Worker:
         """Serve until `stop()`; call from the thread that owns this worker."""
         last_sweep = time.monotonic()
         while not self._stop.is_set():
+            if self.queue_depth() >= 2 * self.config.max_batch_size:
+                # Enough work queued here: leave the shared streams' frames to idle workers.
+                self._stop.wait(0.002)
+                continue
             for message in self.transport.fetch(timeout=0.1):
                 self.handle(message)
             if time.monotonic() - last_sweep > 1.0:
