@@ -53,6 +53,9 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
             )
         name, options = await self._session_config(first.config, context)
         async with _Reserved(self.ctx, context):
+            # Admitted: a client that waits for this before sending frames always sees the
+            # true status of a refused stream (not a failed write).
+            await context.send_initial_metadata((("vidserve-session", "accepted"),))
             frames = _stream_frames(request_iterator, self.ctx)
             try:
                 async for result in run_session(

@@ -146,8 +146,12 @@ def create_app(ctx: ServiceContext) -> FastAPI:
         name = model or ctx.settings.default_model
         served = {m.name: m for m in await ctx.transport.models()}
         if not served:
-            return problem(503, "No worker", "no worker is serving yet; retry shortly",
-                           {"Retry-After": str(ctx.settings.retry_after_s)})
+            return problem(
+                503,
+                "No worker",
+                "no worker is serving yet; retry shortly",
+                {"Retry-After": str(ctx.settings.retry_after_s)},
+            )
         if name not in served:
             known = ", ".join(sorted(served))
             return problem(404, "Unknown model", f"model '{name}' is not served; served: {known}")

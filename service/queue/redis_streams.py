@@ -326,8 +326,9 @@ class RedisGatewayTransport(GatewayTransport):
             # Session affinity: the least busy worker holds the session's state. Heartbeats
             # lag, so this gateway's own open sessions count too (or all would go to one).
             mine = self._open_per_worker()
-            handle.worker_id = min(serving, key=lambda w: (serving[w]["sessions"] + mine.get(w, 0),
-                                                           w))
+            handle.worker_id = min(
+                serving, key=lambda w: (serving[w]["sessions"] + mine.get(w, 0), w)
+            )
             await self._xadd(
                 inbox_stream(handle.worker_id),
                 OpenSession(handle.session_id, model, options, self.gateway_id),

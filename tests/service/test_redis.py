@@ -23,9 +23,23 @@ REDIS_URL = "redis://127.0.0.1:6379/7"  # a database of its own, emptied first
 
 def start_worker(log) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "worker", "--redis-url", REDIS_URL,
-         "--store", str(SHIPPED_CHECKPOINTS), "--max-batch-size", "4"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "worker",
+            "--redis-url",
+            REDIS_URL,
+            "--store",
+            str(SHIPPED_CHECKPOINTS),
+            "--max-batch-size",
+            "4",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,18 +75,21 @@ def long_video(tmp_path_factory):
     return path
 
 
-def test_eight_concurrent_videos_through_two_workers(cluster, video_file, other_video_file,
-                                                     server):
+def test_eight_concurrent_videos_through_two_workers(cluster, video_file, other_video_file, server):
     gateway, _ = cluster
     videos = [video_file.read_bytes(), other_video_file.read_bytes()]
     models = ["masktrack", "masktrack-instance"]
     # The embedded server (same checkpoint) gives the expected answers.
-    expected = {(v, m): post(server, videos[v], {**LOW, "model": m}).json()["frames"]
-                for v in range(2) for m in models}
+    expected = {
+        (v, m): post(server, videos[v], {**LOW, "model": m}).json()["frames"]
+        for v in range(2)
+        for m in models
+    }
     jobs = [(k % 2, models[k // 4]) for k in range(8)]
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(
-            lambda job: post(gateway, videos[job[0]], {**LOW, "model": job[1]}), jobs))
+        answers = list(
+            pool.map(lambda job: post(gateway, videos[job[0]], {**LOW, "model": job[1]}), jobs)
+        )
     for (v, m), response in zip(jobs, answers, strict=True):
         assert response.status_code == 200, response.text
         assert_same_frames(response.json()["frames"], expected[(v, m)])

@@ -57,7 +57,10 @@ class VideoSegmentationServicer:
     def StreamFrames(self, request_iterator, context):
         """A live stream: the first message is the session config, then frames
         (encoded images, JPEG or PNG). One FrameResult per frame, in order.
-        The client half-closes to end the session.
+        The client half-closes to end the session. Once the session is admitted
+        the server sends initial metadata (vidserve-session: accepted); a client
+        that waits for it before sending frames sees RESOURCE_EXHAUSTED (busy,
+        trailing metadata retry-after) or another refusal as such.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
