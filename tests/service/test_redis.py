@@ -102,7 +102,6 @@ def test_killing_a_worker_loses_no_stateless_frame_and_ends_its_sessions(cluster
     data = long_video.read_bytes()
 
     def request(model):
-        started = time.monotonic()
         response = post(gateway, data, {"model": model, "score_threshold": "0.05"})
         return response, time.monotonic()
 
