@@ -1,0 +1,237 @@
+"""MaskTrack R-CNN's tracker, one object per video (or stream).
+
+Match score of detection i and kept track j (MMTracking MaskTrackRCNNTracker):
+    log_softmax(logits)[i, j] + 1.0 * log(det_score_i) + 2.0 * IoU(i, j)
+    + 10.0 * [label_i == label_j]
+with logits = [0 ("new object"), dot(embedding_i, track_embedding_j) ...]; for the "new" column the
+IoU is 0 and the label term is 1. A track not seen for 20 frames is forgotten; frame 0 resets.
+
+Unlike the reference, which lets each detection take its best column and so can give two
+detections one id (a TODO there), ids are assigned one-to-one: a linear assignment maximising
+the total match score, where every detection takes a distinct track or "new".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from models.vis.detections import FrameDetections
+from models.vis.track_head import similarity_logits
+
+NEW_OBJECT = -1
+_MIN_SCORE = 1e-6  # keeps log(score) finite for a zero score
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    det_score_weight: float = 1.0
+    iou_weight: float = 2.0
+    label_weight: float = 10.0
+    # Forget a track when frame_index - last_seen >= this, after the frame's matching (so a track
+    # last seen at frame f can still be matched at frame f + 20, as in the reference).
+    num_frames_retain: int = 20
+
+
+@dataclass
+class TrackSummary:
+    """Video-level result of one track: mean of its frame scores, majority-vote category."""
+
+    track_id: int
+    category: int
+    score: float
+    num_frames: int
+    first_frame: int
+    last_frame: int
+
+
+@dataclass
+class _TrackHistory:
+    """Running totals, so that a long stream keeps constant memory per track."""
+
+    first_frame: int
+    last_frame: int
+    score_sum: float = 0.0
+    num_frames: int = 0
+    label_counts: Counter = field(default_factory=Counter)
+    label_score_sums: Counter = field(default_factory=Counter)
+
+    def add(self, frame_index: int, label: int, score: float) -> None:
+        self.last_frame = frame_index
+        self.score_sum += score
+        self.num_frames += 1
+        self.label_counts[label] += 1
+        self.label_score_sums[label] += score
+
+    def summary(self, track_id: int) -> TrackSummary:
+        # Majority vote; a tie goes to the label with the larger summed score, then the smaller.
+        category = max(
+            self.label_counts,
+            key=lambda label: (self.label_counts[label], self.label_score_sums[label], -label),
+        )
+        return TrackSummary(
+            track_id=track_id,
+            category=int(category),
+            score=self.score_sum / self.num_frames,
+            num_frames=self.num_frames,
+            first_frame=self.first_frame,
+            last_frame=self.last_frame,
+        )
+
+
+def match_scores(
+    logits: Tensor,
+    det_scores: Tensor,
+    ious: Tensor,
+    same_label: Tensor,
+    config: TrackerConfig = TrackerConfig(),
+) -> Tensor:
+    """(N, 1 + T) match scores from similarity logits (N, 1 + T), detection scores (N,), IoUs
+    (N, T) and label agreement (N, T); column 0 is "new object"."""
+    new_iou = ious.new_zeros((ious.shape[0], 1))
+    new_label = same_label.new_ones((same_label.shape[0], 1))
+    return (
+        torch.log_softmax(logits, dim=1)
+        + config.det_score_weight * torch.log(det_scores.clamp(min=_MIN_SCORE))[:, None]
+        + config.iou_weight * torch.cat([new_iou, ious], dim=1)
+        + config.label_weight * torch.cat([new_label, same_label.to(ious.dtype)], dim=1)
+    )
+
+
+def assign_one_to_one(scores: Tensor) -> list[int]:
+    """For each detection (row), the index of the track it takes (column j -> track j - 1) or
+    NEW_OBJECT, maximising the total score with no track taken twice.
+
+    The "new" column is repeated once per detection, so any number of detections can be new.
+    """
+    num_detections, num_tracks = scores.shape[0], scores.shape[1] - 1
+    matrix = scores.detach().double().cpu().numpy()
+    new_slots = np.repeat(matrix[:, :1], num_detections, axis=1)
+    rows, columns = linear_sum_assignment(np.hstack([matrix[:, 1:], new_slots]), maximize=True)
+    assignment = [NEW_OBJECT] * num_detections
+    for row, column in zip(rows, columns, strict=True):
+        assignment[row] = int(column) if column < num_tracks else NEW_OBJECT
+    return assignment
+
+
+class Tracker:
+    """Per-video state: the kept tracks' last embedding, box and label, and track histories.
+
+    step() takes one frame's detections (in frame order) and returns their track ids.
+    """
+
+    def __init__(self, config: TrackerConfig = TrackerConfig()):
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self.next_id = 0
+        self.frame_index = -1
+        self.track_ids: list[int] = []
+        self.embeddings = torch.zeros((0, 0))
+        self.boxes = torch.zeros((0, 4))
+        self.labels = torch.zeros(0, dtype=torch.int64)
+        self.last_seen = torch.zeros(0, dtype=torch.int64)
+        self.histories: dict[int, _TrackHistory] = {}
+
+    def step(self, detections: FrameDetections, frame_index: int | None = None) -> list[int]:
+        """Track ids for this frame's detections. frame_index defaults to the previous + 1;
+        frame 0 resets the tracker (a new video)."""
+        frame_index = self.frame_index + 1 if frame_index is None else int(frame_index)
+        if frame_index == 0:
+            self.reset()
+        elif frame_index <= self.frame_index:
+            raise ValueError(
+                f"frame {frame_index} after frame {self.frame_index}: frames must "
+                "come in order (frame 0 starts a new video)"
+            )
+        self.frame_index = frame_index
+        boxes, labels, scores, embeddings = _as_cpu(detections)
+        assignment = self._assign(boxes, labels, scores, embeddings)
+        ids = self._update(assignment, boxes, labels, scores, embeddings)
+        self._forget_stale()
+        return ids
+
+    def summaries(self) -> list[TrackSummary]:
+        """Every track seen since the last reset, by id."""
+        return [history.summary(track_id) for track_id, history in sorted(self.histories.items())]
+
+    @property
+    def num_kept_tracks(self) -> int:
+        return len(self.track_ids)
+
+    def scores_against_tracks(
+        self, boxes: Tensor, labels: Tensor, scores: Tensor, embeddings: Tensor
+    ) -> Tensor:
+        """(N, 1 + T) match scores of the detections against the kept tracks."""
+        logits = similarity_logits(embeddings, self.embeddings)
+        ious = box_iou(boxes, self.boxes)
+        same_label = labels[:, None] == self.labels[None, :]
+        return match_scores(logits, scores, ious, same_label, self.config)
+
+    def _assign(
+        self, boxes: Tensor, labels: Tensor, scores: Tensor, embeddings: Tensor
+    ) -> list[int]:
+        if len(boxes) == 0 or not self.track_ids:
+            return [NEW_OBJECT] * len(boxes)
+        return assign_one_to_one(self.scores_against_tracks(boxes, labels, scores, embeddings))
+
+    def _update(
+        self,
+        assignment: list[int],
+        boxes: Tensor,
+        labels: Tensor,
+        scores: Tensor,
+        embeddings: Tensor,
+    ) -> list[int]:
+        if not self.track_ids:
+            self.embeddings = embeddings.new_zeros((0, embeddings.shape[1]))
+        ids = []
+        for det, track_index in enumerate(assignment):
+            if track_index == NEW_OBJECT:
+                track_index = self._new_track(embeddings[det])
+            self.embeddings[track_index] = embeddings[det]
+            self.boxes[track_index] = boxes[det]
+            self.labels[track_index] = labels[det]
+            self.last_seen[track_index] = self.frame_index
+            track_id = self.track_ids[track_index]
+            self.histories[track_id].add(self.frame_index, int(labels[det]), float(scores[det]))
+            ids.append(track_id)
+        return ids
+
+    def _new_track(self, embedding: Tensor) -> int:
+        track_id = self.next_id
+        self.next_id += 1
+        self.track_ids.append(track_id)
+        self.embeddings = torch.cat([self.embeddings, embedding[None]])
+        self.boxes = torch.cat([self.boxes, self.boxes.new_zeros((1, 4))])
+        self.labels = torch.cat([self.labels, self.labels.new_zeros(1)])
+        self.last_seen = torch.cat([self.last_seen, self.last_seen.new_zeros(1)])
+        self.histories[track_id] = _TrackHistory(self.frame_index, self.frame_index)
+        return len(self.track_ids) - 1
+
+    def _forget_stale(self) -> None:
+        keep = (self.frame_index - self.last_seen) < self.config.num_frames_retain
+        if bool(keep.all()):
+            return
+        kept_flags = keep.tolist()
+        self.track_ids = [tid for tid, kept in zip(self.track_ids, kept_flags, strict=True) if kept]
+        self.embeddings = self.embeddings[keep]
+        self.boxes = self.boxes[keep]
+        self.labels = self.labels[keep]
+        self.last_seen = self.last_seen[keep]
+
+
+def _as_cpu(detections: FrameDetections) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return (
+        detections.boxes.detach().float().cpu(),
+        detections.labels.detach().to(torch.int64).cpu(),
+        detections.scores.detach().float().cpu(),
+        detections.embeddings.detach().float().cpu(),
+    )

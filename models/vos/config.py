@@ -1,0 +1,129 @@
+"""The STCN configuration: the `architecture` dict of a "vos" checkpoint manifest.
+
+Defaults are the reference (hkchengrex/STCN, main branch with CBAM): key encoder ResNet-50 up to
+layer3, value encoder ResNet-18 up to layer3 on RGB + two mask channels, 64-d keys, 512-d values,
+decoder 512 -> 256 -> 256, 480p input padded to a multiple of 16. With these defaults the
+parameter names and shapes are exactly those of the official `stcn.pth`.
+
+`VosConfig.small()` is the same design, narrower, for training and serving on a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+BLOCK_TYPES = ("bottleneck", "basic")
+
+
+@dataclass(frozen=True)
+class VosConfig:
+    # Key encoder: a ResNet trunk up to layer3 (strides 4, 8, 16). Widths are the "planes" of each
+    # stage; a bottleneck stage outputs 4x its planes, a basic one 1x.
+    key_block: str = "bottleneck"
+    key_stem_width: int = 64
+    key_widths: tuple[int, int, int] = (64, 128, 256)
+    key_blocks: tuple[int, int, int] = (3, 4, 6)
+    key_dim: int = 64  # channels of the key used for matching
+    key_comp_dim: int = 512  # the query frame's own stride-16 feature given to the decoder
+
+    # Value encoder: a basic-block ResNet (every conv with a bias, as in the reference) on
+    # RGB + this object's mask + the other objects' masks, fused with the key encoder's f16.
+    value_stem_width: int = 64
+    value_widths: tuple[int, int, int] = (64, 128, 256)
+    value_blocks: tuple[int, int, int] = (2, 2, 2)
+    value_dim: int = 512
+    cbam_reduction: int = 16
+
+    # Decoder widths: after `compress` (stride 16), after up_16_8 (stride 8), after up_8_4 (4).
+    decoder_widths: tuple[int, int, int] = (512, 256, 256)
+
+    # Frames are resized (down only) so that their short side is at most this, then padded to a
+    # multiple of 16; None keeps the input size. The reference runs at 480p.
+    short_edge: int | None = 480
+
+    def __post_init__(self) -> None:
+        _require(self.key_block in BLOCK_TYPES, f"key_block must be one of {BLOCK_TYPES}")
+        for name in ("key_widths", "key_blocks", "value_widths", "value_blocks", "decoder_widths"):
+            values = getattr(self, name)
+            _require(
+                len(values) == 3 and all(v >= 1 for v in values),
+                f"{name} needs three positive values, got {values}",
+            )
+        for name in ("key_stem_width", "key_dim", "key_comp_dim", "value_stem_width", "value_dim"):
+            _require(getattr(self, name) >= 1, f"{name} must be >= 1")
+        _require(
+            self.value_dim // self.cbam_reduction >= 1,
+            "cbam_reduction must leave at least one hidden channel",
+        )
+        _require(self.short_edge is None or self.short_edge >= 16, "short_edge must be >= 16")
+
+    @property
+    def key_expansion(self) -> int:
+        return 4 if self.key_block == "bottleneck" else 1
+
+    @property
+    def key_channels(self) -> tuple[int, int, int]:
+        """Channels of the key encoder's f4, f8 and f16 features."""
+        f4, f8, f16 = (width * self.key_expansion for width in self.key_widths)
+        return f4, f8, f16
+
+    @classmethod
+    def small(cls, **overrides: Any) -> VosConfig:
+        """The CPU-sized model: basic-block key encoder, 64-d values, 320x240 input."""
+        settings: dict[str, Any] = dict(
+            key_block="basic",
+            key_stem_width=32,
+            key_widths=(32, 64, 128),
+            key_blocks=(1, 1, 1),
+            key_comp_dim=64,
+            value_stem_width=16,
+            value_widths=(16, 32, 64),
+            value_blocks=(1, 1, 1),
+            value_dim=64,
+            cbam_reduction=8,
+            decoder_widths=(64, 32, 16),
+            short_edge=240,
+        )
+        settings.update(overrides)
+        return cls(**settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        return {
+            field.name: list(value) if isinstance(value, tuple) else value
+            for field in dataclasses.fields(self)
+            for value in [getattr(self, field.name)]
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VosConfig:
+        """The inverse of to_dict(). Unknown keys are an error (ignoring one would silently build
+        another architecture); missing keys take their defaults."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown VosConfig keys: {', '.join(unknown)}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: _coerce(name, value, hints[name]) for name, value in data.items()})
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """A JSON value as the field's type: lists become tuples; ints must be ints (not bools)."""
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{name} must be a list, got {type(value).__name__}")
+        return tuple(_coerce(name, item, typing.get_args(hint)[0]) for item in value)
+    allowed = typing.get_args(hint) or (hint,)  # `int | None` -> (int, NoneType)
+    if value is None and type(None) in allowed:
+        return None
+    if isinstance(value, bool) or not isinstance(value, tuple(t for t in allowed if t is not None)):
+        raise ValueError(f"{name} must be {hint}, got {value!r}")
+    return value
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
