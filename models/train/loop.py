@@ -144,4 +144,4 @@ def forever(loader) -> Iterator:
 
 
 def _fmt(losses: dict[str, torch.Tensor]) -> str:
-    return ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+    return ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())

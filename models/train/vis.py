@@ -48,6 +48,7 @@ class VisTrainConfig:
     work_dir: Path = Path("runs/vis")
     resume: bool = False
     redis_url: str | None = None
+    loader_workers: int = 1
     model_overrides: dict = field(default_factory=dict)  # VisConfig.small fields
     show_progress: bool = True
 
@@ -102,6 +103,9 @@ def train_vis(cfg: VisTrainConfig) -> Path:
         collate_fn=collate_pairs,
         drop_last=len(keys) >= cfg.batch_size,
         generator=torch.Generator().manual_seed(cfg.seed),
+        # One loader process decodes JPEGs while the model trains.
+        num_workers=cfg.loader_workers,
+        persistent_workers=cfg.loader_workers > 0,
     )
     loop_cfg = LoopConfig(
         steps=cfg.iters,
@@ -126,7 +130,9 @@ def train_vis(cfg: VisTrainConfig) -> Path:
         model, optimizer, forever(loader), _loss_fn(model), loop_cfg, start, description="train vis"
     )
     model.eval()
+    eval_started = time.monotonic()
     metrics = evaluate_vis_model(model, *val_set, class_names) if val_set[1] else {}
+    eval_seconds = time.monotonic() - eval_started
     log.info("validation: %s", metrics)
     version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     folder = CheckpointStore(cfg.store).publish(
@@ -145,6 +151,8 @@ def train_vis(cfg: VisTrainConfig) -> Path:
             "batch_size": cfg.batch_size,
             "lr": cfg.lr,
             "seconds_this_run": round(result.seconds, 1),
+            "validation_seconds": round(eval_seconds, 1),
+            "validation_videos": len(val_set[1]),
             "resumed_from_step": start,
             "train_videos": len(train_ids),
             "final_loss": _mean_tail(result.loss_history),

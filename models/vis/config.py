@@ -86,6 +86,10 @@ class VisConfig:
             box_head_dim=256,
             mask_head_channels=64,
             track_embed_dim=256,
+            # Scenes of a few objects: 64 sampled RoIs per image (16 positives) teach as much as
+            # 128 and cost ~40% less per step on a CPU, where RoIAlign's backward is dear.
+            box_batch_size_per_image=64,
+            track_rois_per_image=64,
         )
         settings.update(overrides)
         return cls(**settings)

@@ -78,7 +78,7 @@ def segment_video(
     tracker = Tracker()
     index = 0
     for chunk in _chunks(frames, batch_size):
-        for detections in model.detect(chunk):
+        for detections in model.detect(chunk, min_score=score_threshold):
             yield frame_objects(tracker, detections, index, score_threshold, class_names)
             index += 1
 

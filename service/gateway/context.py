@@ -29,8 +29,9 @@ class ServiceContext:
         )
         return cls(settings, transport, metrics or Metrics(), admission, worker)
 
-    def observe_frame(self, seconds: float) -> None:
-        """A frame's time from send to result: queue wait plus inference."""
+    def observe_frame(self, model: str, seconds: float) -> None:
+        """A frame answered, and its time from send to result: queue wait plus inference."""
+        self.metrics.frames.labels(model).inc()
         self.metrics.stage_seconds.labels("queue_and_inference").observe(seconds)
 
     def refresh_gauges(self) -> None:

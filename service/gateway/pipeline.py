@@ -111,7 +111,7 @@ async def run_session(
             slots.release()
             started = sent_at.pop(reply.index, None)
             if on_frame_latency and started is not None:
-                on_frame_latency(time.monotonic() - started)
+                on_frame_latency(model, time.monotonic() - started)
             arrived[reply.index] = _frame_result(reply)
             while expected and expected[0] in arrived:
                 yield arrived.pop(expected.popleft())

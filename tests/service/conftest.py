@@ -109,6 +109,8 @@ def server(tmp_path_factory):
             "VIDSERVE_MAX_UPLOAD_BYTES": str(3 * 1024 * 1024),
             "VIDSERVE_MAX_FRAMES_IN_FLIGHT": "128",
             "VIDSERVE_MAX_VIDEO_FRAMES": "40",
+            "VIDSERVE_MAX_WIDTH": "400",
+            "VIDSERVE_MAX_HEIGHT": "300",
         },
         log=log,
     )

@@ -162,6 +162,7 @@ def zero_frame_video(tmp_path) -> bytes:
         ("stride_zero", 400, "frame_stride"),
         ("max_frames_negative", 400, "max_frames"),
         ("too_long", 413, "more than 40 frames"),
+        ("too_wide", 413, "exceeds the limit of 400x300"),
     ],
 )
 def test_bad_input_gets_a_clear_problem(server, video_file, tmp_path, case, status, words):
@@ -179,6 +180,7 @@ def test_bad_input_gets_a_clear_problem(server, video_file, tmp_path, case, stat
         "stride_zero": lambda: (good(), {"frame_stride": "0"}),
         "max_frames_negative": lambda: (good(), {"max_frames": "-3"}),
         "too_long": lambda: (long_video(tmp_path), {}),
+        "too_wide": lambda: (long_video(tmp_path, frames=2, size=(320, 480)), {}),
     }
     content, data = cases[case]()
     response = post(server, content, data)
@@ -188,11 +190,11 @@ def test_bad_input_gets_a_clear_problem(server, video_file, tmp_path, case, stat
     assert problem["status"] == status and words in problem["detail"].lower()
 
 
-def long_video(tmp_path) -> bytes:
+def long_video(tmp_path, frames: int = 45, size: tuple[int, int] = (48, 64)) -> bytes:
     from models.data.video import write_mp4
 
     path = tmp_path / "long.mp4"
-    write_mp4(path, np.zeros((45, 48, 64, 3), np.uint8), 8)
+    write_mp4(path, np.zeros((frames, *size, 3), np.uint8), 8)
     return path.read_bytes()
 
 

@@ -49,7 +49,10 @@ class VisRunner(ModelRunner):
         return VisSession(Tracker(), _score_threshold(options))
 
     def run_batch(self, items: list[WorkItem]) -> list[ItemResult]:
-        detections = self.model.detect([item.image for item in items])
+        # The lowest threshold of the batch: the mask and track heads skip what no session
+        # shows (they cost most of a frame when many low-score boxes are kept).
+        lowest = min(item.state.score_threshold for item in items)
+        detections = self.model.detect([item.image for item in items], min_score=lowest)
         return [self._track(item, det) for item, det in zip(items, detections, strict=True)]
 
     def _track(self, item: WorkItem, detections) -> ItemResult:
@@ -99,7 +102,8 @@ class FrameDetectorRunner(ModelRunner):
         return _score_threshold(options)
 
     def run_batch(self, items: list[WorkItem]) -> list[ItemResult]:
-        detections = self.model.detect([item.image for item in items])
+        lowest = min(item.state for item in items)
+        detections = self.model.detect([item.image for item in items], min_score=lowest)
         return [
             [
                 FrameOutput(

@@ -1,0 +1,236 @@
+"""Serving overhead: frames per second through REST and gRPC against the same model called
+directly in a loop, with the same batch policy and the same frames, in one run.
+
+    uv run python loadtests/serving_bench.py [--streams 8] [--frames 24] [--json report.json]
+
+1. direct: the model's runner over `streams` sessions, batches of `max_batch_size` frames
+   (the worker's policy at saturation), in this process.
+2. grpc: `streams` concurrent StreamFrames calls to a `vidserve serve` started here.
+3. rest: `streams` concurrent POST /v1/segment of the same video.
+4. latency at one stream: one frame at a time over gRPC (send, wait for its result) against one
+   frame at a time directly; the difference is what serving adds (p50, p99).
+
+Prints the ratios and writes a JSON report.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models.data.synthetic.export import generate_video  # noqa: E402
+from models.data.synthetic.world import WorldConfig  # noqa: E402
+from models.data.video import write_mp4  # noqa: E402
+from service.gateway.grpc_gen import vidserve_pb2 as pb  # noqa: E402
+from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc  # noqa: E402
+from service.settings import SHIPPED_CHECKPOINTS  # noqa: E402
+from service.worker.runner import WorkItem  # noqa: E402
+from service.worker.runners import load_runner_from_store  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def direct_fps(runner, frames: np.ndarray, streams: int, batch: int) -> float:
+    """Frames of `streams` sessions, taken round-robin into batches of `batch` frames."""
+    states = [runner.open_session({}) for _ in range(streams)]
+    queue = [(s, t) for t in range(len(frames)) for s in range(streams)]
+    started = time.perf_counter()
+    for k in range(0, len(queue), batch):
+        items = [WorkItem(str(s), t, t / 8, frames[t], states[s]) for s, t in queue[k : k + batch]]
+        runner.run_batch(items)
+    return len(queue) / (time.perf_counter() - started)
+
+
+def direct_latencies(runner, frames: np.ndarray) -> list[float]:
+    state = runner.open_session({})
+    out = []
+    for t, frame in enumerate(frames):
+        started = time.perf_counter()
+        runner.run_batch([WorkItem("one", t, t / 8, frame, state)])
+        out.append(time.perf_counter() - started)
+    return out
+
+
+async def grpc_stream(target: str, encoded: list[bytes], lockstep: bool) -> list[float]:
+    """Send a stream's frames; lockstep: one at a time (latency). Returns per-frame seconds."""
+    import grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = pb_grpc.VideoSegmentationStub(channel).StreamFrames()
+        await call.write(pb.StreamRequest(config=pb.SessionConfig()))
+        await call.initial_metadata()
+        latencies = []
+        if lockstep:
+            for image in encoded:
+                started = time.perf_counter()
+                await call.write(pb.StreamRequest(frame=pb.ImageFrame(image=image)))
+                await call.read()
+                latencies.append(time.perf_counter() - started)
+            await call.done_writing()
+        else:
+
+            async def send():
+                for image in encoded:
+                    await call.write(pb.StreamRequest(frame=pb.ImageFrame(image=image)))
+                await call.done_writing()
+
+            sender = asyncio.create_task(send())
+            async for _ in call:
+                pass
+            await sender
+        return latencies
+
+
+def grpc_fps(target: str, encoded: list[bytes], streams: int) -> float:
+    async def run():
+        await asyncio.gather(*(grpc_stream(target, encoded, False) for _ in range(streams)))
+
+    started = time.perf_counter()
+    asyncio.run(run())
+    return streams * len(encoded) / (time.perf_counter() - started)
+
+
+def rest_fps(url: str, video: bytes, frames: int, streams: int) -> float:
+    def one(_):
+        response = httpx.post(f"{url}/v1/segment", files={"video": ("v.mp4", video)}, timeout=600)
+        response.raise_for_status()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(one, range(streams)))
+    return streams * frames / (time.perf_counter() - started)
+
+
+def start_server(batch: int, streams: int) -> tuple[subprocess.Popen, str, str]:
+    port, grpc_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "VIDSERVE_HOST": "127.0.0.1",
+        "VIDSERVE_MAX_BATCH_SIZE": str(batch),
+        "VIDSERVE_MAX_FRAMES_IN_FLIGHT": str(8 * streams + 8),
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(grpc_port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return process, url, f"127.0.0.1:{grpc_port}"
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit("the server did not become ready")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1000, q))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=8, help="max batch size, both sides")
+    parser.add_argument("--json", type=Path, default=Path("loadtests/serving_bench.json"))
+    args = parser.parse_args()
+
+    world = WorldConfig(width=320, height=240, frames=args.frames, fps=8)
+    frames = generate_video(world, 2024, 0).frames
+    encoded = [
+        cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+        for f in frames
+    ]
+    # The server decodes the JPEGs: give the direct loop the same decoded pixels.
+    decoded = np.stack(
+        [cv2.imdecode(np.frombuffer(e, np.uint8), cv2.IMREAD_COLOR)[..., ::-1] for e in encoded]
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        video_path = Path(tmp) / "bench.mp4"
+        write_mp4(video_path, frames, world.fps)
+        video = video_path.read_bytes()
+
+    runner = load_runner_from_store(SHIPPED_CHECKPOINTS, "masktrack", "cpu")
+    runner.run_batch([WorkItem("warm", 0, 0, decoded[0], runner.open_session({}))])
+    process, url, target = start_server(args.batch, args.streams)
+    try:
+        grpc_fps(target, encoded[:2], 1)  # warm up the server
+        direct = direct_fps(runner, decoded, args.streams, args.batch)
+        via_grpc = grpc_fps(target, encoded, args.streams)
+        via_rest = rest_fps(url, video, args.frames, args.streams)
+        direct_again = direct_fps(runner, decoded, args.streams, args.batch)
+        direct_lat = direct_latencies(runner, decoded)
+        grpc_lat = asyncio.run(grpc_stream(target, encoded, True))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+    direct_mean = (direct + direct_again) / 2  # before and after, against drift on a noisy box
+    report = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"torch threads, {platform.system()}",
+        "model": f"masktrack {runner.info.version}",
+        "streams": args.streams,
+        "frames_per_stream": args.frames,
+        "max_batch_size": args.batch,
+        "frame_size": "320x240",
+        "direct_fps": round(direct_mean, 2),
+        "direct_fps_runs": [round(direct, 2), round(direct_again, 2)],
+        "grpc_fps": round(via_grpc, 2),
+        "rest_fps": round(via_rest, 2),
+        "grpc_ratio": round(via_grpc / direct_mean, 3),
+        "rest_ratio": round(via_rest / direct_mean, 3),
+        "one_stream_latency_ms": {
+            "direct_p50": round(percentile(direct_lat, 50), 2),
+            "direct_p99": round(percentile(direct_lat, 99), 2),
+            "grpc_p50": round(percentile(grpc_lat, 50), 2),
+            "grpc_p99": round(percentile(grpc_lat, 99), 2),
+            "added_p50": round(percentile(grpc_lat, 50) - percentile(direct_lat, 50), 2),
+            "added_p99": round(percentile(grpc_lat, 99) - percentile(direct_lat, 99), 2),
+        },
+        "command": "uv run python loadtests/serving_bench.py " + " ".join(sys.argv[1:]),
+    }
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    print(
+        f"\nserving / direct at saturation: gRPC {report['grpc_ratio']:.3f}, "
+        f"REST {report['rest_ratio']:.3f} (target >= 0.9)"
+    )
+
+
+if __name__ == "__main__":
+    main()
