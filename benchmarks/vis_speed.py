@@ -13,6 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from models.common.image import fit_size  # noqa: E402
 from models.data.synthetic.export import generate_video  # noqa: E402
 from models.data.synthetic.world import WorldConfig  # noqa: E402
 from service.settings import SHIPPED_CHECKPOINTS  # noqa: E402
@@ -42,10 +43,11 @@ def main() -> None:
     frames = generate_video(WorldConfig(width=320, height=240, frames=args.frames), 77, 0).frames
     model.detect(list(frames[:2]))  # warm-up
     config = model.config
+    h, w = fit_size(240, 320, config.image_long_edge, config.image_short_edge)
     print(
         f"masktrack {runner.info.version}: backbone {config.backbone}, input 320x240 -> "
-        f"network {config.image_long_edge}x{config.image_short_edge} (padded to a multiple of "
-        f"{config.size_divisible}), {torch.get_num_threads()} threads, device cpu"
+        f"network {w}x{h} (padded to a multiple of {config.size_divisible}), "
+        f"{torch.get_num_threads()} threads, device cpu"
     )
     results = {batch: fps(model, frames, batch) for batch in (1, 4, 8)}
     for batch, value in results.items():

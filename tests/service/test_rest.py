@@ -209,3 +209,18 @@ def test_bad_input_leaves_the_service_working(server, video_file):
         post(server, truncated(video_file))
     response = post(server, video_file.read_bytes(), {**LOW, "max_frames": "3"})
     assert response.status_code == 200 and len(response.json()["frames"]) == 3
+
+
+def test_bad_input_does_not_disturb_requests_in_flight(server, video_file, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    good = video_file.read_bytes()
+    bad = [b"not a video" * 50, truncated(video_file), b"", zero_frame_video(tmp_path)]
+    with ThreadPoolExecutor(6) as pool:
+        in_flight = [pool.submit(post, server, good, LOW) for _ in range(2)]
+        refused = [pool.submit(post, server, content) for content in bad]
+        statuses = sorted(f.result().status_code for f in refused)
+        answers = [f.result() for f in in_flight]
+    assert statuses == [400, 415, 422, 422]
+    assert [r.status_code for r in answers] == [200, 200]
+    assert answers[0].json()["frames"] == answers[1].json()["frames"]
