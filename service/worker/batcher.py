@@ -1,7 +1,8 @@
 """Dynamic batching for one loaded model version.
 
 Frames of all sessions of the model wait in one queue. A batch leaves when it holds
-`max_batch_size` frames or when its oldest frame has waited `max_wait_ms`. Frames keep their
+`max_batch_size` frames, when its oldest frame has waited `max_wait_ms`, or at once when every open
+session already has a frame in it (no one else could add one: a lone stream pays no wait). Frames keep their
 arrival order; for a model whose forward pass reads session state (`one_frame_per_batch`) a batch
 takes at most one frame per session, so that frame t+1 sees the state frame t left.
 """
@@ -44,6 +45,8 @@ class Batcher:
         self.on_done = on_done
         self.on_batch = on_batch or (lambda size: None)
         self._pending: deque[Pending] = deque()
+        # Sessions of this model version, kept by the worker (a plain int: read without locks).
+        self.open_sessions = 0
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(
@@ -70,6 +73,14 @@ class Batcher:
     def _one_per_session(self) -> bool:
         return self.runner.stateful and self.runner.info.one_frame_per_batch
 
+    def _could_grow(self) -> bool:
+        """Worth waiting for more frames: the batch is not full and some open session has no
+        frame queued yet (when every session already has one, waiting only adds latency)."""
+        if self._ready_count() >= self.max_batch_size:
+            return False
+        waiting_sessions = len({p.item.session_id for p in self._pending})
+        return waiting_sessions < self.open_sessions
+
     def _ready_count(self) -> int:
         """How many queued frames one batch could take now."""
         if not self._one_per_session:
@@ -83,7 +94,7 @@ class Batcher:
             if self._stopped:
                 return None
             deadline = self._pending[0].arrived + self.max_wait
-            while self._ready_count() < self.max_batch_size and not self._stopped:
+            while self._could_grow() and not self._stopped:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

@@ -163,6 +163,7 @@ class Worker:
         except OptionError as e:
             return ErrorCode.INVALID_ARGUMENT, str(e)
         self._sessions[session_id] = Session(session_id, runner, state, reply_to)
+        self._batchers[id(runner)].open_sessions += 1
         return None
 
     def _frame(self, msg: Frame) -> None:
@@ -211,7 +212,7 @@ class Worker:
 
     def _finish(self, session: Session, error: tuple[ErrorCode, str] | None = None) -> None:
         """End a session: flush held-back outputs, free its state, send its last reply."""
-        self._sessions.pop(session.session_id, None)
+        self._forget(session)
         runner = session.runner
         try:
             for out in runner.flush(session.state):
@@ -231,6 +232,12 @@ class Worker:
                 session.reply_to,
             )
             self._release_if_unused(runner)
+
+    def _forget(self, session: Session) -> None:
+        if self._sessions.pop(session.session_id, None) is not None:
+            batcher = self._batchers.get(id(session.runner))
+            if batcher is not None:
+                batcher.open_sessions -= 1
 
     def _expire_idle_sessions(self) -> None:
         now = time.monotonic()
@@ -255,7 +262,7 @@ class Worker:
                         ),
                     )
                 else:
-                    self._sessions.pop(session.session_id, None)
+                    self._forget(session)
                     session.runner.close_session(session.state)
 
     # --- results ------------------------------------------------------------------------------
