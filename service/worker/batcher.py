@@ -2,9 +2,10 @@
 
 Frames of all sessions of the model wait in one queue. A batch leaves when it holds
 `max_batch_size` frames, when its oldest frame has waited `max_wait_ms`, or at once when every
-open session already has a frame in it (no one else could add one: a lone stream pays no wait). Frames keep their
-arrival order; for a model whose forward pass reads session state (`one_frame_per_batch`) a batch
-takes at most one frame per session, so that frame t+1 sees the state frame t left.
+open session already has a frame in it (no one else could add one: a lone stream pays no wait).
+Frames keep their arrival order; for a model whose forward pass reads session state
+(`one_frame_per_batch`) a batch takes at most one frame per session, so that frame t+1 sees the
+state frame t left.
 """
 
 import logging
