@@ -146,7 +146,12 @@ def run_redis_worker(settings: Settings, stop: threading.Event | None = None) ->
     from service.queue.redis_streams import RedisWorkerTransport
 
     transport = RedisWorkerTransport(settings.redis_url)
-    worker = Worker(transport, worker_config(settings))
+    metrics = None
+    if settings.worker_port is not None:
+        from service.metrics import Metrics
+
+        metrics = Metrics()
+    worker = Worker(transport, worker_config(settings), metrics)
     transport.attach(worker)
     host = ModelHost(
         worker,
@@ -157,6 +162,14 @@ def run_redis_worker(settings: Settings, stop: threading.Event | None = None) ->
     )
     loaded = host.sync()
     log.info("worker %s loaded %s", transport.worker_id, ", ".join(loaded) or "no model")
+    health = None
+    if metrics is not None:
+        from service.worker.health import WorkerHealthServer
+
+        health = WorkerHealthServer(
+            worker, metrics, settings.host, settings.worker_port, transport.worker_id
+        )
+        health.start()
     transport.start()
     host.start()
     stop = stop or threading.Event()
@@ -166,6 +179,8 @@ def run_redis_worker(settings: Settings, stop: threading.Event | None = None) ->
     finally:
         host.stop()
         transport.stop()
+        if health is not None:
+            health.stop()
 
 
 async def serve_gateways(

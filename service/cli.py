@@ -170,6 +170,13 @@ def worker(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda:N [auto].")] = None,
     max_batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     max_wait_ms: Annotated[float | None, typer.Option(min=0.0)] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve /healthz, /readyz and /metrics on this port [env VIDSERVE_WORKER_PORT, "
+            "off]."
+        ),
+    ] = None,
 ) -> None:
     """Run one worker: it loads the store's models and serves gateways through Redis."""
     import signal
@@ -183,6 +190,7 @@ def worker(
         device=device,
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
+        worker_port=port,
     )
     if not settings.redis_url:
         raise typer.BadParameter("a worker needs --redis-url (or VIDSERVE_REDIS_URL)")

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0)
     max_sessions: int = Field(256, ge=1)
     session_idle_s: float = Field(60.0, gt=0)
+    worker_port: int | None = Field(
+        None, ge=0, le=65535, description="a Redis worker's /healthz, /readyz, /metrics (off)"
+    )
 
 
 @lru_cache
