@@ -55,9 +55,15 @@ class Mover:
     def perturbed(self, rng) -> "Mover":
         """A prediction of this object: slightly off in place and size, sometimes mislabelled."""
         category = self.category if rng.random() < 0.85 else int(rng.choice(list(CATEGORIES)))
-        return Mover(category, self.y + rng.normal(0, 0.01), self.x + rng.normal(0, 0.01),
-                     self.vy, self.vx, self.ry * rng.uniform(0.85, 1.15),
-                     self.rx * rng.uniform(0.85, 1.15))
+        return Mover(
+            category,
+            self.y + rng.normal(0, 0.01),
+            self.x + rng.normal(0, 0.01),
+            self.vy,
+            self.vx,
+            self.ry * rng.uniform(0.85, 1.15),
+            self.rx * rng.uniform(0.85, 1.15),
+        )
 
 
 @dataclass
@@ -72,16 +78,36 @@ def make_videos(count: int, seed: int = 0) -> list[SyntheticVideo]:
     rng = np.random.default_rng(seed)
     videos = []
     for v in range(count):
-        gt = [Mover(int(rng.choice(list(CATEGORIES))), rng.uniform(0.2, 0.8),
-                    rng.uniform(0.2, 0.8), rng.uniform(-0.005, 0.005), rng.uniform(-0.008, 0.008),
-                    rng.uniform(0.05, 0.2), rng.uniform(0.04, 0.15))
-              for _ in range(rng.integers(2, 7))]
+        gt = [
+            Mover(
+                int(rng.choice(list(CATEGORIES))),
+                rng.uniform(0.2, 0.8),
+                rng.uniform(0.2, 0.8),
+                rng.uniform(-0.005, 0.005),
+                rng.uniform(-0.008, 0.008),
+                rng.uniform(0.05, 0.2),
+                rng.uniform(0.04, 0.15),
+            )
+            for _ in range(rng.integers(2, 7))
+        ]
         pred = [m.perturbed(rng) for m in gt if rng.random() < 0.9]  # about 1 in 10 missed
-        pred += [Mover(int(rng.choice(list(CATEGORIES))), rng.uniform(0.2, 0.8),
-                       rng.uniform(0.2, 0.8), 0, 0, 0.06, 0.06)
-                 for _ in range(rng.integers(0, 3))]  # false positives
-        videos.append(SyntheticVideo(f"video{v:03d}", gt, pred,
-                                     [float(s) for s in rng.uniform(0.05, 1.0, len(pred))]))
+        pred += [
+            Mover(
+                int(rng.choice(list(CATEGORIES))),
+                rng.uniform(0.2, 0.8),
+                rng.uniform(0.2, 0.8),
+                0,
+                0,
+                0.06,
+                0.06,
+            )
+            for _ in range(rng.integers(0, 3))
+        ]  # false positives
+        videos.append(
+            SyntheticVideo(
+                f"video{v:03d}", gt, pred, [float(s) for s in rng.uniform(0.05, 1.0, len(pred))]
+            )
+        )
     return videos
 
 
@@ -115,11 +141,18 @@ def write_vis(folder: Path, videos: list[SyntheticVideo], frames: int) -> tuple[
         yt_videos.append(YtvisVideo(index, video.name, WIDTH, HEIGHT, names))
         gt_ids, pred_ids = (id_maps(m, frames, HEIGHT, WIDTH) for m in (video.gt, video.pred))
         for k, mover in enumerate(video.gt, start=1):
-            tracks.append(YtvisTrack(len(tracks) + 1, index, mover.category, 0,
-                                     _track_rles(gt_ids == k)))
+            tracks.append(
+                YtvisTrack(len(tracks) + 1, index, mover.category, 0, _track_rles(gt_ids == k))
+            )
         for k, (mover, score) in enumerate(zip(video.pred, video.scores, strict=True), start=1):
-            results.append({"video_id": index, "category_id": mover.category, "score": score,
-                            "segmentations": _track_rles(pred_ids == k)})
+            results.append(
+                {
+                    "video_id": index,
+                    "category_id": mover.category,
+                    "score": score,
+                    "segmentations": _track_rles(pred_ids == k),
+                }
+            )
     write_ytvis(folder / "ytvis.json", yt_videos, tracks, CATEGORIES)
     (folder / "ytvis_results.json").write_text(json.dumps(results))
     return folder / "ytvis.json", folder / "ytvis_results.json"
@@ -131,20 +164,39 @@ def write_instances(folder: Path, videos: list[SyntheticVideo], frames: int) -> 
         gt_ids, pred_ids = (id_maps(m, frames, HEIGHT, WIDTH) for m in (video.gt, video.pred))
         for t in range(frames):
             image_id = len(images) + 1
-            images.append({"id": image_id, "file_name": f"{video.name}/{t:05d}.jpg",
-                           "height": HEIGHT, "width": WIDTH})
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": f"{video.name}/{t:05d}.jpg",
+                    "height": HEIGHT,
+                    "width": WIDTH,
+                }
+            )
             for k, mover in enumerate(video.gt, start=1):
                 mask = gt_ids[t] == k
                 if mask.any():
-                    annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                        "category_id": mover.category, "iscrowd": 0,
-                                        "segmentation": encode_mask(mask),
-                                        "area": float(mask.sum()), "bbox": _bbox(mask)})
+                    annotations.append(
+                        {
+                            "id": len(annotations) + 1,
+                            "image_id": image_id,
+                            "category_id": mover.category,
+                            "iscrowd": 0,
+                            "segmentation": encode_mask(mask),
+                            "area": float(mask.sum()),
+                            "bbox": _bbox(mask),
+                        }
+                    )
             for k, (mover, score) in enumerate(zip(video.pred, video.scores, strict=True), 1):
                 mask = pred_ids[t] == k
                 if mask.any():
-                    results.append({"image_id": image_id, "category_id": mover.category,
-                                    "score": score, "segmentation": encode_mask(mask)})
+                    results.append(
+                        {
+                            "image_id": image_id,
+                            "category_id": mover.category,
+                            "score": score,
+                            "segmentation": encode_mask(mask),
+                        }
+                    )
     categories = [{"id": c, "name": n} for c, n in CATEGORIES.items()]
     gt = {"images": images, "annotations": annotations, "categories": categories}
     (folder / "instances.json").write_text(json.dumps(gt))
@@ -188,10 +240,23 @@ def write_panoptic(folder: Path, videos: list[SyntheticVideo], frames: int) -> t
             Image.fromarray(_rgb(gt_map)).save(gt_root / name, compress_level=1)
             Image.fromarray(_rgb(pred_map)).save(pred_root / name, compress_level=1)
             image_id = len(images) + 1
-            images.append(PanopticImage(image_id, name.replace(".png", ".jpg"), HEIGHT, WIDTH,
-                                        gt_root / name, _segments(gt_map, gt_cats)))
-            predictions.append({"image_id": image_id, "file_name": name, "segments_info": [
-                {"id": i, "category_id": c} for i, c in pred_cats.items()]})
+            images.append(
+                PanopticImage(
+                    image_id,
+                    name.replace(".png", ".jpg"),
+                    HEIGHT,
+                    WIDTH,
+                    gt_root / name,
+                    _segments(gt_map, gt_cats),
+                )
+            )
+            predictions.append(
+                {
+                    "image_id": image_id,
+                    "file_name": name,
+                    "segments_info": [{"id": i, "category_id": c} for i, c in pred_cats.items()],
+                }
+            )
     write_coco_panoptic(folder / "panoptic.json", images, categories, gt_root)
     (folder / "panoptic_pred.json").write_text(json.dumps({"annotations": predictions}))
     return folder / "panoptic.json", folder / "panoptic_pred.json"
@@ -202,16 +267,18 @@ def write_ava(folder: Path, videos: list[SyntheticVideo], frames: int) -> tuple[
     rng = np.random.default_rng(1)
     gt, pred = [], []
     for video in videos:
-        actions = [rng.choice(list(ACTIONS), rng.integers(1, 4), replace=False)
-                   for _ in video.gt]
+        actions = [rng.choice(list(ACTIONS), rng.integers(1, 4), replace=False) for _ in video.gt]
         for t in range(frames):
             for mover, acts in zip(video.gt, actions, strict=True):
                 box = _normalised_box(mover, t)
                 gt += [AvaBox(video.name, t, box, int(a), person_id=0) for a in acts]
                 moved = _normalised_box(mover.perturbed(rng), t)
-                pred += [AvaBox(video.name, t, moved, a,
-                                score=float(0.7 * rng.random() + 0.3 * (a in acts)))
-                         for a in ACTIONS]
+                pred += [
+                    AvaBox(
+                        video.name, t, moved, a, score=float(0.7 * rng.random() + 0.3 * (a in acts))
+                    )
+                    for a in ACTIONS
+                ]
     write_ava_csv(folder / "ava.csv", gt)
     write_ava_csv(folder / "ava_pred.csv", pred)
     return folder / "ava.csv", folder / "ava_pred.csv"
@@ -223,8 +290,12 @@ def _track_rles(masks: np.ndarray) -> list[dict | None]:
 
 def _bbox(mask: np.ndarray) -> list[float]:
     ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
-            float(ys.max() - ys.min() + 1)]
+    return [
+        float(xs.min()),
+        float(ys.min()),
+        float(xs.max() - xs.min() + 1),
+        float(ys.max() - ys.min() + 1),
+    ]
 
 
 def _panoptic_map(ids: np.ndarray, movers: list[Mover], horizon: float):
@@ -246,8 +317,12 @@ def _segments(ids: np.ndarray, category: dict[int, int]) -> list[SegmentInfo]:
     segments = []
     for segment_id, category_id in category.items():
         rows, cols = boxes[segment_id - 1]
-        bbox = [float(cols.start), float(rows.start), float(cols.stop - cols.start),
-                float(rows.stop - rows.start)]
+        bbox = [
+            float(cols.start),
+            float(rows.start),
+            float(cols.stop - cols.start),
+            float(rows.stop - rows.start),
+        ]
         segments.append(SegmentInfo(segment_id, category_id, int(areas[segment_id]), bbox))
     return segments
 
@@ -259,12 +334,18 @@ def _rgb(ids: np.ndarray) -> np.ndarray:
 
 def _normalised_box(mover: Mover, t: int) -> tuple[float, float, float, float]:
     y, x = mover.at(t)
-    return tuple(float(np.clip(v, 0, 1)) for v in (x - mover.rx, y - mover.ry,
-                                                   x + mover.rx, y + mover.ry))
+    return tuple(
+        float(np.clip(v, 0, 1)) for v in (x - mover.rx, y - mover.ry, x + mover.rx, y + mover.ry)
+    )
 
 
-WRITERS = {"vis": write_vis, "instance": write_instances, "vos": write_davis,
-           "panoptic": write_panoptic, "action": write_ava}
+WRITERS = {
+    "vis": write_vis,
+    "instance": write_instances,
+    "vos": write_davis,
+    "panoptic": write_panoptic,
+    "action": write_ava,
+}
 
 
 def main() -> None:

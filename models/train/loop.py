@@ -8,11 +8,14 @@ steps so that `--resume` continues where a run stopped. The state file is read b
 
 import logging
 import math
+import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -52,6 +55,103 @@ def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
 def make_optimizer(model: torch.nn.Module, cfg: LoopConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@dataclass(kw_only=True)
+class TrainRun:
+    """What every family's training job is told: its data, where to publish, how to validate,
+    how long and how fast to train, and whether to resume. A family's config adds its own."""
+
+    data: Path
+    store: Path
+    name: str  # the model's name in the store
+    work_dir: Path  # resumable state
+    split: str = "train"
+    val: Path | None = None  # a held-out dataset; None: hold out val_videos of `data`
+    val_split: str = "val"
+    val_videos: int = 4
+    iters: int = 3000
+    batch_size: int = 4
+    lr: float = 2e-3
+    seed: int = 0
+    resume: bool = False
+    redis_url: str | None = None  # announce the published checkpoint to running workers
+    model_overrides: dict = field(default_factory=dict)  # fields of the family's small config
+    show_progress: bool = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_run(
+    model: torch.nn.Module, run: TrainRun
+) -> tuple[LoopConfig, torch.optim.Optimizer, int]:
+    """What every trainer starts with: the loop's settings (warm-up over a tenth of the run, at
+    most 200 steps; state in work_dir/train_state.pt), the optimiser, and the step to start from,
+    which is the saved one when resuming from a state that exists, else 0."""
+    cfg = LoopConfig(
+        steps=run.iters,
+        lr=run.lr,
+        warmup_steps=min(200, run.iters // 10 + 1),
+        state_path=Path(run.work_dir) / "train_state.pt",
+        show_progress=run.show_progress,
+    )
+    optimizer = make_optimizer(model, cfg)
+    start = 0
+    if run.resume and cfg.state_path.is_file():
+        start = load_state(cfg.state_path, model, optimizer)
+        log.info("resuming from step %d of %s", start, cfg.state_path)
+    return cfg, optimizer, start
+
+
+def training_record(
+    result: LoopResult, start: int, model: torch.nn.Module, run: TrainRun, **settings
+) -> dict:
+    """The manifest's `training` entry: the command line, the run's seed, steps, batch and
+    learning rate, a family's own `settings`, and what every family records of the run (its
+    seconds, where it resumed, its final loss, device, threads)."""
+    return {
+        "command": " ".join(["vidserve", *sys.argv[1:]]) if sys.argv else "",
+        "seed": run.seed,
+        "iters": run.iters,
+        "batch_size": run.batch_size,
+        "lr": run.lr,
+        **settings,
+        "seconds_this_run": round(result.seconds, 1),
+        "resumed_from_step": start,
+        "final_loss": mean_tail(result.loss_history),
+        "device": str(next(model.parameters()).device),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def publish_run(
+    store: Path, redis_url: str | None, model: torch.nn.Module, family: str, name: str, **manifest
+) -> Path:
+    """What every trainer ends with: publish the model as a new version (now, UTC) to the
+    store and, with a Redis URL, announce it to running workers. Returns the version folder."""
+    from models.checkpoints.store import CheckpointStore
+    from models.train.announce import announce_checkpoint
+
+    checkpoints = CheckpointStore(store)
+    version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    # Two runs published within one second (a retune right after its training) would share a
+    # version: wait for the next second, so versions stay timestamps that grow.
+    while checkpoints.path(family, name, version).exists():
+        time.sleep(0.1)
+        version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    folder = checkpoints.publish(model, family=family, name=name, version=version, **manifest)
+    if redis_url:
+        announce_checkpoint(redis_url, family, name, version, folder)
+    return folder
+
+
+def mean_tail(history: list[float], n: int = 50) -> float | None:
+    """The mean of the last n losses (None for no steps)."""
+    return round(float(np.mean(history[-n:])), 4) if history else None
 
 
 def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int):

@@ -7,21 +7,24 @@ a Redis URL, announces it so that running workers load it).
 
 import json
 import logging
-import random
-import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from models.checkpoints.store import CheckpointStore
 from models.data.ytvis import YtvisDataset, load_ytvis
-from models.train.announce import announce_checkpoint
-from models.train.loop import LoopConfig, forever, load_state, make_optimizer, run_loop
+from models.train.loop import (
+    TrainRun,
+    forever,
+    prepare_run,
+    publish_run,
+    run_loop,
+    seed_everything,
+    training_record,
+)
 from models.train.vis_data import VisPairDataset, collate_pairs, read_rgb
 from models.vis.config import VisConfig
 from models.vis.model import MaskTrackRCNN, build_masktrack_rcnn
@@ -32,25 +35,12 @@ log = logging.getLogger(__name__)
 VAL_SCORE_THRESHOLD = 0.1  # low, as AP rewards recall; serving defaults to 0.5
 
 
-@dataclass
-class VisTrainConfig:
-    data: Path
-    store: Path
+@dataclass(kw_only=True)
+class VisTrainConfig(TrainRun):
     name: str = "masktrack"
-    split: str = "train"
-    val: Path | None = None  # a held-out dataset; None: hold out val_videos of `data`
-    val_split: str = "train"
-    val_videos: int = 4
-    iters: int = 3000
-    batch_size: int = 4
-    lr: float = 2e-3
-    seed: int = 0
     work_dir: Path = Path("runs/vis")
-    resume: bool = False
-    redis_url: str | None = None
-    loader_workers: int = 1
-    model_overrides: dict = field(default_factory=dict)  # VisConfig.small fields
-    show_progress: bool = True
+    val_split: str = "train"
+    loader_workers: int = 1  # processes decoding JPEGs beside the training step
 
 
 def locate_ytvis(root: Path, split: str) -> tuple[Path, Path]:
@@ -77,12 +67,6 @@ def dataset_fingerprint(root: Path, ann_file: Path) -> str:
     return hashlib.sha256(ann_file.read_bytes()).hexdigest()
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def train_vis(cfg: VisTrainConfig) -> Path:
     """Train, evaluate and publish; returns the published checkpoint folder."""
     seed_everything(cfg.seed)
@@ -107,18 +91,7 @@ def train_vis(cfg: VisTrainConfig) -> Path:
         num_workers=cfg.loader_workers,
         persistent_workers=cfg.loader_workers > 0,
     )
-    loop_cfg = LoopConfig(
-        steps=cfg.iters,
-        lr=cfg.lr,
-        warmup_steps=min(200, cfg.iters // 10 + 1),
-        state_path=cfg.work_dir / "train_state.pt",
-        show_progress=cfg.show_progress,
-    )
-    optimizer = make_optimizer(model, loop_cfg)
-    start = 0
-    if cfg.resume and loop_cfg.state_path.is_file():
-        start = load_state(loop_cfg.state_path, model, optimizer)
-        log.info("resuming from step %d of %s", start, loop_cfg.state_path)
+    loop_cfg, optimizer, start = prepare_run(model, cfg)
     log.info(
         "training %s on %d key frames of %d videos, %d steps",
         cfg.name,
@@ -134,35 +107,26 @@ def train_vis(cfg: VisTrainConfig) -> Path:
     metrics = evaluate_vis_model(model, *val_set, class_names) if val_set[1] else {}
     eval_seconds = time.monotonic() - eval_started
     log.info("validation: %s", metrics)
-    version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    folder = CheckpointStore(cfg.store).publish(
+    return publish_run(
+        cfg.store,
+        cfg.redis_url,
         model,
-        family="vis",
-        name=cfg.name,
-        version=version,
+        "vis",
+        cfg.name,
         architecture=model.architecture(),
         class_names=class_names,
         metrics=metrics,
         dataset_fingerprint=dataset_fingerprint(cfg.data, ann),
-        training={
-            "command": " ".join(["vidserve", *sys.argv[1:]]) if sys.argv else "",
-            "seed": cfg.seed,
-            "iters": cfg.iters,
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "seconds_this_run": round(result.seconds, 1),
-            "validation_seconds": round(eval_seconds, 1),
-            "validation_videos": len(val_set[1]),
-            "resumed_from_step": start,
-            "train_videos": len(train_ids),
-            "final_loss": _mean_tail(result.loss_history),
-            "device": str(model.device),
-            "torch_threads": torch.get_num_threads(),
-        },
+        training=training_record(
+            result,
+            start,
+            model,
+            cfg,
+            validation_seconds=round(eval_seconds, 1),
+            validation_videos=len(val_set[1]),
+            train_videos=len(train_ids),
+        ),
     )
-    if cfg.redis_url:
-        announce_checkpoint(cfg.redis_url, "vis", cfg.name, version, folder)
-    return folder
 
 
 def _split(cfg: VisTrainConfig, data: YtvisDataset) -> tuple[set[int], tuple]:
@@ -218,7 +182,3 @@ def _write_gt_subset(data: YtvisDataset, video_ids: list[int], path: Path) -> No
 
     tracks = [t for v in video_ids for t in data.tracks_of(v)]
     write_ytvis(path, [data.videos[v] for v in video_ids], tracks, data.categories)
-
-
-def _mean_tail(history: list[float], n: int = 50) -> float | None:
-    return round(float(np.mean(history[-n:])), 4) if history else None

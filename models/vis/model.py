@@ -51,6 +51,7 @@ class MaskTrackRCNN(nn.Module):
             rois_per_image=config.track_rois_per_image,
             positive_fraction=config.track_positive_fraction,
             iou_thresh=config.track_iou_thresh,
+            cosine_scale=config.track_cosine_scale,
         )
 
     @property

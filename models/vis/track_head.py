@@ -7,6 +7,8 @@ train_cfg (MaxIoUAssigner pos 0.5 / neg 0.5 with low-quality matches, RandomSamp
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,7 +19,12 @@ FEATURE_LEVELS = ["0", "1", "2", "3"]
 
 
 class TrackEmbedHead(nn.Module):
-    """RoIAlign 7x7 on the FPN levels -> fc -> ReLU -> fc -> ReLU: one embedding per box."""
+    """RoIAlign 7x7 on the FPN levels -> fc -> ReLU -> fc -> ReLU: one embedding per box.
+
+    With cosine_scale > 0 the last ReLU is left out and each embedding is L2-normalised and
+    multiplied by sqrt(cosine_scale): dot products, which the loss and the tracker use as they
+    are, become cosine_scale * cosine similarity, bounded on both sides.
+    """
 
     def __init__(
         self,
@@ -27,9 +34,11 @@ class TrackEmbedHead(nn.Module):
         rois_per_image: int = 128,
         positive_fraction: float = 0.25,
         iou_thresh: float = 0.5,
+        cosine_scale: float = 0.0,
     ):
         super().__init__()
         self.embed_dim = embed_dim
+        self.cosine_scale = cosine_scale
         self.roi_pool = MultiScaleRoIAlign(FEATURE_LEVELS, roi_size, sampling_ratio=2)
         roi_features = in_channels * roi_size * roi_size
         self.fcs = nn.ModuleList(
@@ -47,9 +56,10 @@ class TrackEmbedHead(nn.Module):
         if sum(len(image_boxes) for image_boxes in boxes) == 0:
             return features[FEATURE_LEVELS[0]].new_zeros((0, self.embed_dim))
         x = self.roi_pool(features, boxes, image_sizes).flatten(1)
-        for fc in self.fcs:
-            x = F.relu(fc(x))
-        return x
+        x = self.fcs[1](F.relu(self.fcs[0](x)))
+        if self.cosine_scale > 0:
+            return F.normalize(x, dim=1) * math.sqrt(self.cosine_scale)
+        return F.relu(x)
 
     def loss(
         self,
