@@ -205,7 +205,7 @@ def worker(
 @app.command()
 def segment(
     video: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A video file.")],
-    out: Annotated[Path, typer.Option(help="Results in the service's JSON schema.")],
+    out: Annotated[Path | None, typer.Option(help="Results in the service's JSON schema.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name [the default model].")] = None,
     store: Annotated[Path | None, typer.Option(help="Checkpoint store [shipped].")] = None,
     score_threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
@@ -219,19 +219,48 @@ def segment(
         typer.Option(help="Also write a browser-playable mp4 with masks, ids and labels."),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda:N.")] = None,
+    prompt: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="VOS models: an indexed (palette) or grayscale PNG, pixel value = object id.",
+        ),
+    ] = None,
+    prompt_rle: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help='VOS models, instead of --prompt: a JSON file {"<id>": COCO RLE, ...}.',
+        ),
+    ] = None,
+    prompt_frame: Annotated[
+        int | None, typer.Option(min=0, help="The frame the prompt marks [0].")
+    ] = None,
+    davis_out: Annotated[
+        Path | None,
+        typer.Option(help="Also write DAVIS palette PNGs, one per frame (00000.png, ...)."),
+    ] = None,
 ) -> None:
     """Segment and track the objects of a video in this process (no server), writing the same
-    results the service answers."""
+    results the service answers. VOS models (stcn) follow the objects a prompt marks."""
     import json
 
     from rich.progress import Progress
 
     from models.checkpoints.errors import CheckpointError
+    from service.gateway.davis_output import write_davis_pngs
+    from service.gateway.prompts import read_video_prompt
     from service.gateway.video_input import InputError
     from service.local import segment_file, ytvis_results_of
     from service.worker.runner import OptionError
     from service.worker.runners import load_runner_from_store
 
+    if not any((out, davis_out, ytvis_out, render)):
+        raise typer.BadParameter(
+            "nothing to write: give --out, --davis-out, --ytvis-out or --render"
+        )
     settings = _settings(checkpoint_store=store, device=device)
     name = model or settings.default_model
     try:
@@ -242,6 +271,13 @@ def segment(
     with Progress() as progress:
         task = progress.add_task(f"segmenting {video.name}", total=max_frames)
         try:
+            video_prompt = read_video_prompt(
+                name,
+                runner.info.takes_prompt,
+                prompt.read_bytes() if prompt else None,
+                prompt_rle.read_text() if prompt_rle else None,
+                prompt_frame,
+            )
             result = segment_file(
                 video,
                 runner,
@@ -249,26 +285,71 @@ def segment(
                 frame_stride,
                 max_frames,
                 on_frame=lambda: progress.advance(task),
+                prompt=video_prompt,
             )
         except InputError as e:
             typer.echo(f"error: {video}: {e.title}: {e.detail}", err=True)
             raise typer.Exit(2) from None
         except OptionError as e:
             raise typer.BadParameter(str(e)) from None
-    out.write_text(result.model_dump_json(indent=1))
+    if out:
+        out.write_text(result.model_dump_json(indent=1))
+    if davis_out:
+        write_davis_pngs(result.frames, result.height, result.width, davis_out)
     if ytvis_out:
         ytvis_out.write_text(json.dumps(ytvis_results_of(result, runner.info.classes)))
     if render:
         from service.gateway.render import render_video
 
         render.write_bytes(render_video(video, result.frames, result.fps))
-    typer.echo(f"{len(result.frames)} frames, {len(result.tracks)} tracks -> {out}")
+    written = ", ".join(str(path) for path in (out, davis_out, ytvis_out, render) if path)
+    typer.echo(f"{len(result.frames)} frames, {len(result.tracks)} tracks -> {written}")
 
 
 train_app = typer.Typer(
     help="Train a model family and publish the checkpoint.", no_args_is_help=True
 )
 app.add_typer(train_app, name="train")
+
+# Options that both training commands take, with one meaning.
+StoreOption = Annotated[Path, typer.Option(help="Checkpoint store to publish into.")]
+SplitOption = Annotated[str, typer.Option(help="Split of --data to train on.")]
+ValSplitOption = Annotated[str, typer.Option(help="Split of --val.")]
+ValVideosOption = Annotated[
+    int, typer.Option(min=0, help="Without --val: hold out this many videos of --data.")
+]
+ItersOption = Annotated[int, typer.Option(min=1, help="Optimisation steps.")]
+LrOption = Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW, cosine).")]
+SeedOption = Annotated[int, typer.Option(help="Seed of initialisation and sampling.")]
+ResumeOption = Annotated[bool, typer.Option(help="Continue from --work-dir's state.")]
+RedisOption = Annotated[str | None, typer.Option(help="Announce the checkpoint on Redis.")]
+WorkDirOption = Annotated[Path, typer.Option(help="Resumable training state.")]
+ValOption = Annotated[
+    Path | None,
+    typer.Option(
+        exists=True,
+        help="Held-out dataset of the same format, every frame annotated "
+        "[the last --val-videos videos of --data].",
+    ),
+]
+
+
+def _train_and_publish(train, make_config) -> None:
+    """Build the config and train; a dataset or option problem is one line on stderr, exit 2."""
+    from models.data.errors import DatasetError
+
+    try:
+        folder = train(make_config())
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"published {folder}")
+
+
+def _run_config(config_type, options: dict):
+    """A family's training config (a TrainRun) from its command's options, named alike except
+    --out, the store."""
+    return config_type(**{("store" if key == "out" else key): v for key, v in options.items()})
 
 
 @train_app.command("vis")
@@ -283,53 +364,107 @@ def train_vis_command(
             ),
         ),
     ],
-    out: Annotated[Path, typer.Option(help="Checkpoint store to publish into.")],
+    out: StoreOption,
     name: Annotated[str, typer.Option(help="Model name in the store.")] = "masktrack",
-    split: Annotated[str, typer.Option(help="Split of --data to train on.")] = "train",
-    val: Annotated[
-        Path | None,
-        typer.Option(
-            exists=True,
-            help=("Held-out dataset for validation [the last --val-videos videos of --data]."),
-        ),
-    ] = None,
-    val_split: Annotated[str, typer.Option(help="Split of --val.")] = "val",
-    val_videos: Annotated[int, typer.Option(min=0)] = 4,
-    iters: Annotated[int, typer.Option(min=1, help="Optimisation steps.")] = 3000,
+    split: SplitOption = "train",
+    val: ValOption = None,
+    val_split: ValSplitOption = "val",
+    val_videos: ValVideosOption = 4,
+    iters: ItersOption = 3000,
     batch_size: Annotated[int, typer.Option(min=1, help="Frame pairs per step.")] = 4,
-    lr: Annotated[float, typer.Option(min=0.0)] = 2e-3,
-    seed: Annotated[int, typer.Option()] = 0,
-    work_dir: Annotated[Path, typer.Option(help="Resumable training state.")] = Path("runs/vis"),
-    resume: Annotated[bool, typer.Option(help="Continue from --work-dir's state.")] = False,
-    redis_url: Annotated[str | None, typer.Option(help="Announce the checkpoint on Redis.")] = None,
+    lr: LrOption = 2e-3,
+    seed: SeedOption = 0,
+    work_dir: WorkDirOption = Path("runs/vis"),
+    resume: ResumeOption = False,
+    redis_url: RedisOption = None,
 ) -> None:
     """Train MaskTrack R-CNN (small CPU configuration), evaluate YouTube-VIS AP on held-out
     videos, publish to the store."""
-    from models.data.errors import DatasetError
+    options = dict(locals())
     from models.train.vis import VisTrainConfig, train_vis
 
-    config = VisTrainConfig(
-        data=data,
-        store=out,
-        name=name,
-        split=split,
-        val=val,
-        val_split=val_split,
-        val_videos=val_videos,
-        iters=iters,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        work_dir=work_dir,
-        resume=resume,
-        redis_url=redis_url,
+    _train_and_publish(train_vis, lambda: _run_config(VisTrainConfig, options))
+
+
+@train_app.command("vos")
+def train_vos_command(
+    data: Annotated[
+        Path,
+        typer.Option(
+            exists=True,
+            help="DAVIS-format dataset: a `vidserve synth` folder (its davis/) or a DAVIS root "
+            "(ImageSets/2017/<split>.txt, JPEGImages/480p, Annotations/480p).",
+        ),
+    ],
+    out: StoreOption,
+    name: Annotated[str, typer.Option(help="Model name in the store.")] = "stcn",
+    split: SplitOption = "train",
+    val: ValOption = None,
+    val_split: ValSplitOption = "val",
+    val_videos: ValVideosOption = 4,
+    iters: ItersOption = 3000,
+    batch_size: Annotated[int, typer.Option(min=1, help="3-frame clips per step.")] = 4,
+    lr: LrOption = 2e-3,
+    crop: Annotated[
+        str, typer.Option(help="Training crop WIDTHxHEIGHT (multiples of 16).")
+    ] = "224x224",
+    max_gap: Annotated[
+        int, typer.Option(min=1, help="Most frames between two frames of a clip.")
+    ] = 5,
+    mem_every: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Inference: memorise every n-th frame (stored in the checkpoint; STCN's 5 suits "
+            "24+ fps, fewer frames apart suit lower frame rates).",
+        ),
+    ] = 5,
+    seed: SeedOption = 0,
+    work_dir: WorkDirOption = Path("runs/vos"),
+    resume: ResumeOption = False,
+    redis_url: RedisOption = None,
+) -> None:
+    """Train STCN (small CPU configuration) on 3-frame clips, evaluate DAVIS J&F on held-out
+    videos (first-frame masks given), publish to the store."""
+    options = dict(locals())
+    from models.train.vos import VosTrainConfig, train_vos
+
+    def make_config():
+        width, height = _parse_size(crop)
+        return _run_config(VosTrainConfig, {**options, "crop": (height, width)})
+
+    _train_and_publish(train_vos, make_config)
+
+
+@train_app.command("vos-retune")
+def retune_vos_command(
+    store: Annotated[Path, typer.Option(exists=True, help="The checkpoint store.")],
+    val: Annotated[
+        Path,
+        typer.Option(exists=True, help="Held-out DAVIS-format dataset, every frame annotated."),
+    ],
+    mem_every: Annotated[int, typer.Option(min=1, help="Memorise every n-th frame.")],
+    name: Annotated[str, typer.Option(help="Model name in the store.")] = "stcn",
+    version: Annotated[str | None, typer.Option(help="Version to start from [newest].")] = None,
+    val_split: ValSplitOption = "val",
+    redis_url: RedisOption = None,
+) -> None:
+    """Publish a VOS checkpoint's weights again with another mem_every (an inference setting:
+    training never reads it), J&F re-measured on --val; the manifest records the change."""
+    from models.train.vos import retune_vos
+
+    _train_and_publish(
+        lambda args: retune_vos(**args),
+        lambda: dict(
+            store=store,
+            name=name,
+            mem_every=mem_every,
+            val=val,
+            val_split=val_split,
+            version=version,
+            redis_url=redis_url,
+        ),
     )
-    try:
-        folder = train_vis(config)
-    except (DatasetError, FileNotFoundError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"published {folder}")
 
 
 app.command("eval")(eval_command)

@@ -2,7 +2,8 @@
 
 Model: STCN(VosConfig) with encode_keys (batched over frames of any sessions), encode_values,
 decode and forward_clip (training). Inference: VosSession per video or stream
-(add_prompt, step, memory_bytes), with a bounded memory. Checkpoints: family "vos",
+(add_prompt, step, memory_bytes), with a bounded memory; segment_video runs a whole video from
+its first-frame masks (the DAVIS protocol). Checkpoints: family "vos",
 architecture = VosConfig.to_dict(); load_official_stcn reads the published stcn.pth.
 """
 
@@ -30,6 +31,7 @@ from models.vos.inference import (
 )
 from models.vos.memory import MemoryBank, MemoryBudget, MemoryBudgetError
 from models.vos.network import STCN, KeyFeatures
+from models.vos.video import segment_video
 
 register_family(FAMILY, build_vos_model)
 
@@ -56,4 +58,5 @@ __all__ = [
     "masks_from_label_map",
     "prepare_for_inference",
     "prepare_frame",
+    "segment_video",
 ]

@@ -10,16 +10,16 @@ parameter names and shapes are exactly those of the official `stcn.pth`.
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import Any
+
+from models.common.config import ManifestConfig, require
 
 BLOCK_TYPES = ("bottleneck", "basic")
 
 
 @dataclass(frozen=True)
-class VosConfig:
+class VosConfig(ManifestConfig):
     # Key encoder: a ResNet trunk up to layer3 (strides 4, 8, 16). Widths are the "planes" of each
     # stage; a bottleneck stage outputs 4x its planes, a basic one 1x.
     key_block: str = "bottleneck"
@@ -44,21 +44,27 @@ class VosConfig:
     # multiple of 16; None keeps the input size. The reference runs at 480p.
     short_edge: int | None = 480
 
+    # Inference: memorise every n-th frame after the latest prompt. Like short_edge it belongs to
+    # the data the model is made for: the reference's 5 suits DAVIS's 24+ fps; at a low frame
+    # rate objects change more between frames and recent memory frames matter more.
+    mem_every: int = 5
+
     def __post_init__(self) -> None:
-        _require(self.key_block in BLOCK_TYPES, f"key_block must be one of {BLOCK_TYPES}")
+        require(self.key_block in BLOCK_TYPES, f"key_block must be one of {BLOCK_TYPES}")
         for name in ("key_widths", "key_blocks", "value_widths", "value_blocks", "decoder_widths"):
             values = getattr(self, name)
-            _require(
+            require(
                 len(values) == 3 and all(v >= 1 for v in values),
                 f"{name} needs three positive values, got {values}",
             )
         for name in ("key_stem_width", "key_dim", "key_comp_dim", "value_stem_width", "value_dim"):
-            _require(getattr(self, name) >= 1, f"{name} must be >= 1")
-        _require(
+            require(getattr(self, name) >= 1, f"{name} must be >= 1")
+        require(
             self.value_dim // self.cbam_reduction >= 1,
             "cbam_reduction must leave at least one hidden channel",
         )
-        _require(self.short_edge is None or self.short_edge >= 16, "short_edge must be >= 16")
+        require(self.short_edge is None or self.short_edge >= 16, "short_edge must be >= 16")
+        require(self.mem_every >= 1, "mem_every must be >= 1")
 
     @property
     def key_expansion(self) -> int:
@@ -89,41 +95,3 @@ class VosConfig:
         )
         settings.update(overrides)
         return cls(**settings)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists)."""
-        return {
-            field.name: list(value) if isinstance(value, tuple) else value
-            for field in dataclasses.fields(self)
-            for value in [getattr(self, field.name)]
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VosConfig:
-        """The inverse of to_dict(). Unknown keys are an error (ignoring one would silently build
-        another architecture); missing keys take their defaults."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown VosConfig keys: {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        return cls(**{name: _coerce(name, value, hints[name]) for name, value in data.items()})
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """A JSON value as the field's type: lists become tuples; ints must be ints (not bools)."""
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{name} must be a list, got {type(value).__name__}")
-        return tuple(_coerce(name, item, typing.get_args(hint)[0]) for item in value)
-    allowed = typing.get_args(hint) or (hint,)  # `int | None` -> (int, NoneType)
-    if value is None and type(None) in allowed:
-        return None
-    if isinstance(value, bool) or not isinstance(value, tuple(t for t in allowed if t is not None)):
-        raise ValueError(f"{name} must be {hint}, got {value!r}")
-    return value
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)

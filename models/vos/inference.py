@@ -75,7 +75,7 @@ class PromptBudgetError(PromptError, MemoryBudgetError):
 @dataclass(frozen=True)
 class SessionSettings:
     top_k: int | None = 20  # memory positions each query position reads; None: all
-    mem_every: int = 5  # memorise every n-th frame after the latest prompt
+    mem_every: int | None = None  # memorise every n-th frame after a prompt; None: the config's
     max_memory_frames: int | None = 16
     max_memory_bytes: int | None = None
     short_edge: int | None = None  # working resolution; None: the model config's
@@ -83,7 +83,7 @@ class SessionSettings:
     def __post_init__(self) -> None:
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.mem_every < 1:
+        if self.mem_every is not None and self.mem_every < 1:
             raise ValueError(f"mem_every must be >= 1, got {self.mem_every}")
 
     @property
@@ -210,6 +210,10 @@ class VosSession:
     def short_edge(self) -> int | None:
         return self.settings.short_edge or self.model.config.short_edge
 
+    @property
+    def mem_every(self) -> int:
+        return self.settings.mem_every or self.model.config.mem_every
+
     def memory_bytes(self) -> int:
         """Bytes held by the memory (keys and values of the memory frames)."""
         return self.memory.nbytes()
@@ -302,7 +306,7 @@ class VosSession:
     ) -> None:
         if prompted:
             self._last_prompt_index = index
-        elif (index - self._last_prompt_index) % self.settings.mem_every:
+        elif (index - self._last_prompt_index) % self.mem_every:
             return
         values = self.model.encode_values(prepared.image, features.f16, probs)
         # Contiguous copies: a view would keep the whole key-encoder batch alive, and the

@@ -3,6 +3,10 @@ standard health service and server reflection.
 
 Flow control: the stream's next frame is read only when the session's window has room, so a client
 that sends faster than the worker keeps up is slowed by gRPC's own flow control, never dropped.
+
+Prompts (VOS models): any frame of StreamFrames may carry ObjectPrompts; they are checked as REST
+checks its prompts (service.gateway.prompts), and a bad one ends the stream with INVALID_ARGUMENT.
+SegmentVideo has no field for a prompt, so a prompted model is refused there.
 """
 
 import logging
@@ -20,6 +24,7 @@ from service.gateway.context import ServiceContext
 from service.gateway.grpc_gen import vidserve_pb2 as pb
 from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc
 from service.gateway.pipeline import Busy, InputFrame, SessionError, run_session
+from service.gateway.prompts import bad_prompt, check_size, masks_from_messages, to_rle
 from service.gateway.video_input import InputError, VideoLimits, decode_frames, probe_video
 from service.queue.base import NoWorker
 from service.queue.messages import ErrorCode
@@ -45,18 +50,14 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
         self.ctx = ctx
 
     async def StreamFrames(self, request_iterator, context):  # noqa: N802 - gRPC's name
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("kind") != "config":
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the first message of a stream must be a SessionConfig",
-            )
-        name, options = await self._session_config(first.config, context)
+        config = await _first_config(request_iterator, context, "SessionConfig")
+        name, options = await self._session_config(config, context)
         async with _Reserved(self.ctx, context):
             # Admitted: a client that waits for this before sending frames always sees the
             # true status of a refused stream (not a failed write).
             await context.send_initial_metadata((("vidserve-session", "accepted"),))
-            frames = _stream_frames(request_iterator, self.ctx)
+            takes_prompt = await self._takes_prompt(name)
+            frames = _stream_frames(request_iterator, self.ctx, name, takes_prompt)
             try:
                 async for result in run_session(
                     self.ctx.transport,
@@ -71,13 +72,14 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
                 await _abort(context, e, self.ctx)
 
     async def SegmentVideo(self, request_iterator, context):  # noqa: N802
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("kind") != "config":
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a VideoConfig"
-            )
-        config = first.config
+        config = await _first_config(request_iterator, context, "VideoConfig")
         name, options = await self._session_config(config.session, context)
+        if await self._takes_prompt(name):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"model '{name}' needs a prompt, which SegmentVideo cannot carry: send the "
+                "frames with StreamFrames, prompts on the frames they mark",
+            )
         if config.frame_stride < 0 or config.max_frames < 0:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "frame_stride and max_frames must be >= 0"
@@ -136,6 +138,9 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
             ]
         )
 
+    async def _takes_prompt(self, name: str) -> bool:
+        return any(m.takes_prompt for m in await self.ctx.transport.models() if m.name == name)
+
     async def _session_config(self, config, context) -> tuple[str, dict]:
         name = config.model or self.ctx.settings.default_model
         served = {m.name for m in await self.ctx.transport.models()}
@@ -152,6 +157,17 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
                 )
             options["score_threshold"] = config.score_threshold
         return name, options
+
+
+async def _first_config(requests, context, config_type: str):
+    """The config that must open a client stream (the INVALID_ARGUMENT abort if it does not)."""
+    first = await anext(aiter(requests), None)
+    if first is None or first.WhichOneof("kind") != "config":
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the first message of a stream must be a {config_type}",
+        )
+    return first.config
 
 
 class _Reserved:
@@ -176,10 +192,13 @@ class _Reserved:
             self.reservation.release()
 
 
-async def _stream_frames(requests, ctx: ServiceContext) -> AsyncIterator[InputFrame]:
+async def _stream_frames(
+    requests, ctx: ServiceContext, model: str = "", takes_prompt: bool = False
+) -> AsyncIterator[InputFrame]:
     """Decode the stream's frames; the first frame fixes the size the others must have."""
     size = None
     count = 0
+    prompted: set[int] = set()  # objects prompted so far: they may be marked absent later
     async for request in requests:
         if request.WhichOneof("kind") != "frame":
             raise InputError(
@@ -208,12 +227,26 @@ async def _stream_frames(requests, ctx: ServiceContext) -> AsyncIterator[InputFr
                 f"frame {index} is {w}x{h}, the first was {size[1]}x{size[0]}",
             )
         time = frame.time if frame.HasField("time") else index / 25.0
-        prompt = {
-            p.object_id: {"size": [p.mask.height, p.mask.width], "counts": p.mask.counts}
-            for p in frame.prompts
-        } or None
+        prompt = None
+        if frame.prompts:
+            prompt = _frame_prompt(frame.prompts, index, (h, w), model, takes_prompt, prompted)
+            prompted |= set(prompt)
         yield InputFrame(index, time, image, prompt)
         count += 1
+
+
+def _frame_prompt(
+    prompts, index: int, size: tuple[int, int], model: str, takes_prompt: bool, known: set[int]
+) -> dict[int, dict]:
+    """A frame's ObjectPrompts as {object id: RLE}, checked as REST checks its prompts."""
+    if not takes_prompt:
+        raise bad_prompt(f"model '{model}' takes no prompt (frame {index})")
+    try:
+        masks = masks_from_messages(prompts, known)
+        check_size(masks, *size)
+    except InputError as error:
+        raise InputError(error.status, error.title, f"frame {index}: {error.detail}") from None
+    return to_rle(masks)
 
 
 def decode_image(data: bytes, index: int) -> np.ndarray:

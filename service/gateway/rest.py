@@ -1,8 +1,10 @@
 """The REST gateway (FastAPI): POST /v1/segment, GET /v1/models, health, readiness, metrics.
 
-Every error is RFC 9457 problem+json: 400 bad parameters, 404 unknown model, 413 too large,
-415 not a video, 422 undecodable video or input that does not fit the model, 429 busy (with
-Retry-After), 503 no worker or session state lost.
+Every error is RFC 9457 problem+json: 400 bad parameters (a prompt that cannot be read), 404
+unknown model, 406 DAVIS output asked of a model that is not VOS, 413 too large, 415 not a video,
+422 undecodable video or input that does not fit the model (a prompt of another size, an empty
+prompt mask, a prompt frame the video does not have), 429 busy (with Retry-After), 503 no worker or
+session state lost.
 """
 
 import json
@@ -19,7 +21,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from service.gateway.context import ServiceContext
+from service.gateway.davis_output import ZIP, davis_zip
 from service.gateway.pipeline import Busy, SessionError, run_session
+from service.gateway.prompts import VideoPrompt, attach_prompt, read_video_prompt
 from service.gateway.video_input import InputError, VideoLimits, decode_frames, probe_video
 from service.queue.base import NoWorker
 from service.queue.messages import ErrorCode
@@ -46,9 +50,10 @@ _ERROR_RESPONSES = {
     for status, text in [
         (400, "Bad parameters or an empty upload"),
         (404, "Unknown model"),
+        (406, "DAVIS PNGs (Accept: application/zip) asked of a model that is not VOS"),
         (413, "Upload, video length or resolution over the limit"),
         (415, "Not a video"),
-        (422, "Undecodable video, or frames that do not fit the model"),
+        (422, "Undecodable video, or frames or a prompt that do not fit the model"),
         (429, "Busy: retry after the Retry-After seconds"),
         (503, "No worker serves the model, or the session's worker died"),
     ]
@@ -112,10 +117,12 @@ def create_app(ctx: ServiceContext) -> FastAPI:
         response_model=SegmentResponse,
         responses={
             200: {
-                "content": {NDJSON: {}, MP4: {}},
+                "content": {NDJSON: {}, MP4: {}, ZIP: {}},
                 "description": 'JSON (default); NDJSON lines {"frame": ...} then '
                 '{"summary": ...} with Accept: application/x-ndjson; '
-                "an annotated H.264 mp4 with Accept: video/mp4",
+                "an annotated H.264 mp4 with Accept: video/mp4; "
+                "DAVIS palette PNGs of every frame (00000.png, ...) in a zip with "
+                "Accept: application/zip (VOS models)",
             },
             **_ERROR_RESPONSES,
         },
@@ -141,6 +148,24 @@ def create_app(ctx: ServiceContext) -> FastAPI:
             int | None,
             Form(ge=1, description=("Process at most this many frames (the rest are ignored)")),
         ] = None,
+        prompt: Annotated[
+            UploadFile | None,
+            File(
+                description="VOS models: an indexed (palette) or grayscale PNG of the prompted "
+                "frame, pixel value = object id (1..255), 0 = background"
+            ),
+        ] = None,
+        prompt_rle: Annotated[
+            str | None,
+            Form(
+                description='VOS models, instead of `prompt`: JSON {"<object id>": {"size": '
+                '[h, w], "counts": "<COCO RLE>"}, ...}'
+            ),
+        ] = None,
+        prompt_frame: Annotated[
+            int | None,
+            Form(ge=0, description="VOS models: the frame the prompt marks (default 0)"),
+        ] = None,
         accept: Annotated[str | None, Header()] = None,
     ):
         name = model or ctx.settings.default_model
@@ -155,13 +180,26 @@ def create_app(ctx: ServiceContext) -> FastAPI:
         if name not in served:
             known = ", ".join(sorted(served))
             return problem(404, "Unknown model", f"model '{name}' is not served; served: {known}")
+        if ZIP in (accept or "") and served[name].task != "vos":
+            return problem(
+                406, "Not acceptable", f"DAVIS PNGs are written for VOS models; '{name}' is not"
+            )
+        video_prompt = await _read_prompt(ctx, served[name], prompt, prompt_rle, prompt_frame)
         options = {} if score_threshold is None else {"score_threshold": score_threshold}
         reservation = ctx.admission.acquire()  # Busy -> 429
         cleanup = Cleanup(reservation)
         try:
             cleanup.upload = await _save_upload(video, ctx.settings.max_upload_bytes)
             response = await _answer(
-                request, ctx, cleanup, name, options, frame_stride, max_frames, accept or ""
+                request,
+                ctx,
+                cleanup,
+                name,
+                options,
+                frame_stride,
+                max_frames,
+                accept or "",
+                video_prompt,
             )
             cleanup.handed_over = isinstance(response, StreamingResponse)
             return response
@@ -201,6 +239,7 @@ async def _answer(
     stride: int,
     max_frames: int | None,
     accept: str,
+    prompt: VideoPrompt | None = None,
 ):
     limits = VideoLimits(
         ctx.settings.max_video_frames, ctx.settings.max_width, ctx.settings.max_height
@@ -208,7 +247,9 @@ async def _answer(
     started = time.monotonic()
     probe = probe_video(cleanup.upload, limits)
     ctx.metrics.stage_seconds.labels("decode").observe(time.monotonic() - started)
-    frames = decode_frames(cleanup.upload, probe, limits, stride, max_frames)
+    if prompt is not None:
+        prompt.check_fits(probe.height, probe.width, stride, max_frames)
+    frames = attach_prompt(decode_frames(cleanup.upload, probe, limits, stride, max_frames), prompt)
     results = run_session(
         ctx.transport,
         name,
@@ -227,6 +268,11 @@ async def _answer(
         )
     frames_out = [first] + [r async for r in _until_disconnect(request, results)]
     started = time.monotonic()
+    if ZIP in accept:
+        body = davis_zip(frames_out, probe.height, probe.width)
+        ctx.metrics.stage_seconds.labels("encode").observe(time.monotonic() - started)
+        headers = {"Content-Disposition": 'attachment; filename="davis.zip"'}
+        return Response(body, media_type=ZIP, headers=headers)
     if MP4 in accept:
         from service.gateway.render import render_video
 
@@ -236,6 +282,18 @@ async def _answer(
     response = JSONResponse(_response(frames_out, probe).model_dump(mode="json"))
     ctx.metrics.stage_seconds.labels("encode").observe(time.monotonic() - started)
     return response
+
+
+async def _read_prompt(
+    ctx: ServiceContext, info, png: UploadFile | None, rle: str | None, frame: int | None
+) -> VideoPrompt | None:
+    """The request's prompt, read and checked against the model (400 / 422 otherwise)."""
+    data = None
+    if png is not None:
+        data = await png.read(ctx.settings.max_upload_bytes + 1)
+        if len(data) > ctx.settings.max_upload_bytes:
+            raise InputError(413, "Prompt too large", "the prompt PNG exceeds the upload limit")
+    return read_video_prompt(info.name, info.takes_prompt, data, rle, frame)
 
 
 async def _first(results: AsyncIterator[FrameResult]) -> FrameResult:

@@ -23,6 +23,10 @@ def load_runners(
             VisRunner(loaded.model, loaded.manifest, name),
             FrameDetectorRunner(loaded.model, loaded.manifest, f"{name}-instance"),
         ]
+    if family == "vos":
+        from service.worker.runners.vos import VosRunner
+
+        return [VosRunner(loaded.model, loaded.manifest, name)]
     raise ValueError(f"{checkpoint}: no runner serves the family '{family}' yet")
 
 
