@@ -8,7 +8,8 @@ all streams, then each stream's memory step runs.
 Streams are synthetic 320x240 videos (played forwards and backwards for as long as needed),
 their first-frame objects prompted. The warm-up fills each stream's memory to its budget (16
 frames: after 16 frames at mem_every 1, after 80 at mem_every 5), so the timing is that of a
-long stream.
+long stream. Then, where a round's time goes: the batched key encoder against the sessions' own
+steps.
 """
 
 import argparse
@@ -21,9 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.data.rle import encode_mask  # noqa: E402
+from models.data.rle import decode_rle, encode_mask  # noqa: E402
 from models.data.synthetic.export import generate_video  # noqa: E402
 from models.data.synthetic.world import WorldConfig  # noqa: E402
+from models.vos import VosSession, encode_key_batch  # noqa: E402
 from service.settings import SHIPPED_CHECKPOINTS  # noqa: E402
 from service.worker.runner import WorkItem  # noqa: E402
 from service.worker.runners import load_runner_from_store  # noqa: E402
@@ -60,6 +62,29 @@ def run_streams(runner, videos, warmup: int, timed: int) -> float:
     return seconds
 
 
+def time_split(runner, videos, warmup: int, timed: int) -> tuple[float, float]:
+    """Seconds per round in the batched key encoder and in the sessions' own steps (memory
+    readout, decoder, memorising), the same rounds as run_streams without the runner around."""
+    sessions = [VosSession(runner.model, runner.settings) for _ in videos]
+    for session, (_, prompt) in zip(sessions, videos, strict=True):
+        session.add_prompt(0, {k: decode_rle(rle).astype(bool) for k, rle in prompt.items()})
+    keys = steps = 0.0
+    for t in range(warmup + timed):
+        prepared = [
+            session.prepare(frames[t % len(frames)])
+            for session, (frames, _) in zip(sessions, videos, strict=True)
+        ]
+        started = time.perf_counter()
+        features = encode_key_batch(runner.model, prepared)
+        encoded = time.perf_counter()
+        for session, frame, feature in zip(sessions, prepared, features, strict=True):
+            session.step(frame, feature)
+        if t >= warmup:
+            keys += encoded - started
+            steps += time.perf_counter() - encoded
+    return keys / timed, steps / timed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", type=Path, default=SHIPPED_CHECKPOINTS)
@@ -85,6 +110,12 @@ def main() -> None:
         print(
             f"{count} stream(s): {per_stream:6.1f} frames/s per stream, "
             f"{per_stream * count:6.1f} frames/s in total"
+        )
+    for count in args.streams:
+        keys, steps = time_split(runner, videos[:count], args.warmup, args.frames)
+        print(
+            f"{count} stream(s), a round: key encoder (batched) {keys * 1e3:6.1f} ms, "
+            f"sessions' steps {steps * 1e3:6.1f} ms"
         )
 
 
