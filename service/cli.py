@@ -334,12 +334,13 @@ ValOption = Annotated[
 ]
 
 
-def _train_and_publish(train, make_config) -> None:
-    """Build the config and train; a dataset or option problem is one line on stderr, exit 2."""
+def _train_and_publish(publish) -> None:
+    """Run `publish` (build a config, train or retune, publish; returns the checkpoint folder);
+    a dataset or option problem is one line on stderr, exit 2."""
     from models.data.errors import DatasetError
 
     try:
-        folder = train(make_config())
+        folder = publish()
     except (DatasetError, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -383,7 +384,7 @@ def train_vis_command(
     options = dict(locals())
     from models.train.vis import VisTrainConfig, train_vis
 
-    _train_and_publish(train_vis, lambda: _run_config(VisTrainConfig, options))
+    _train_and_publish(lambda: train_vis(_run_config(VisTrainConfig, options)))
 
 
 @train_app.command("vos")
@@ -415,8 +416,8 @@ def train_vos_command(
         int,
         typer.Option(
             min=1,
-            help="Inference: memorise every n-th frame (stored in the checkpoint; STCN's 5 suits "
-            "24+ fps, fewer frames apart suit lower frame rates).",
+            help="Inference: memorise every n-th frame (stored in the checkpoint). 5 is STCN's; "
+            "on the synthetic world 1 measured best (J&F 0.818 against 0.762).",
         ),
     ] = 5,
     seed: SeedOption = 0,
@@ -429,11 +430,11 @@ def train_vos_command(
     options = dict(locals())
     from models.train.vos import VosTrainConfig, train_vos
 
-    def make_config():
+    def publish():
         width, height = _parse_size(crop)
-        return _run_config(VosTrainConfig, {**options, "crop": (height, width)})
+        return train_vos(_run_config(VosTrainConfig, {**options, "crop": (height, width)}))
 
-    _train_and_publish(train_vos, make_config)
+    _train_and_publish(publish)
 
 
 @train_app.command("vos-retune")
@@ -454,16 +455,7 @@ def retune_vos_command(
     from models.train.vos import retune_vos
 
     _train_and_publish(
-        lambda args: retune_vos(**args),
-        lambda: dict(
-            store=store,
-            name=name,
-            mem_every=mem_every,
-            val=val,
-            val_split=val_split,
-            version=version,
-            redis_url=redis_url,
-        ),
+        lambda: retune_vos(store, name, mem_every, val, val_split, version, redis_url)
     )
 
 

@@ -7,6 +7,7 @@ pixel value = object id, 0 = background, ids stable through the video) and
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -33,12 +34,13 @@ def davis_palette() -> list[int]:
 _PALETTE = davis_palette()
 
 
-def write_palette_png(path: Path | str, ids: np.ndarray) -> None:
+def write_palette_png(path: Path | str | BinaryIO, ids: np.ndarray) -> None:
+    """(H, W) object ids as a DAVIS palette PNG, to a file path or an open binary file."""
     if ids.ndim != 2 or ids.max(initial=0) > 255 or ids.min(initial=0) < 0:
         raise ValueError(f"{path}: a palette mask is (H, W) with ids 0..255")
     image = Image.fromarray(ids.astype(np.uint8), mode="P")
     image.putpalette(_PALETTE)
-    image.save(path, optimize=False)
+    image.save(path, format="PNG", optimize=False)
 
 
 def read_palette_png(path: Path | str) -> np.ndarray:

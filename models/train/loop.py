@@ -107,6 +107,11 @@ def prepare_run(
     return cfg, optimizer, start
 
 
+def command_line() -> str:
+    """The vidserve command this process runs, as a manifest records it."""
+    return " ".join(["vidserve", *sys.argv[1:]]) if sys.argv else ""
+
+
 def training_record(
     result: LoopResult, start: int, model: torch.nn.Module, run: TrainRun, **settings
 ) -> dict:
@@ -114,7 +119,7 @@ def training_record(
     learning rate, a family's own `settings`, and what every family records of the run (its
     seconds, where it resumed, its final loss, device, threads)."""
     return {
-        "command": " ".join(["vidserve", *sys.argv[1:]]) if sys.argv else "",
+        "command": command_line(),
         "seed": run.seed,
         "iters": run.iters,
         "batch_size": run.batch_size,

@@ -5,6 +5,7 @@ evaluates YouTube-VIS AP on held-out videos, then publishes the checkpoint to th
 a Redis URL, announces it so that running workers load it).
 """
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from models.data.synthetic.export import stored_fingerprint
 from models.data.ytvis import YtvisDataset, load_ytvis
 from models.train.loop import (
     TrainRun,
@@ -59,12 +61,8 @@ def locate_ytvis(root: Path, split: str) -> tuple[Path, Path]:
 
 
 def dataset_fingerprint(root: Path, ann_file: Path) -> str:
-    meta = Path(root) / "meta.json"
-    if meta.is_file():
-        return json.loads(meta.read_text())["fingerprint"]
-    import hashlib
-
-    return hashlib.sha256(ann_file.read_bytes()).hexdigest()
+    """meta.json's fingerprint for our data; otherwise the annotation file's sha256."""
+    return stored_fingerprint(root) or hashlib.sha256(ann_file.read_bytes()).hexdigest()
 
 
 def train_vis(cfg: VisTrainConfig) -> Path:

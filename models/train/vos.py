@@ -10,9 +10,7 @@ it to running workers.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +22,11 @@ from torch.utils.data import DataLoader
 
 from models.checkpoints.store import CheckpointStore
 from models.data.davis import DavisDataset, DavisVideo, load_davis
+from models.data.synthetic.export import stored_fingerprint
 from models.eval.davis import evaluate_davis
 from models.train.loop import (
     TrainRun,
+    command_line,
     forever,
     prepare_run,
     publish_run,
@@ -93,9 +93,9 @@ def locate_davis(root: Path, split: str) -> Path:
 def davis_fingerprint(root: Path, dataset: DavisDataset) -> str:
     """meta.json's fingerprint for our data; otherwise a hash of the listed annotation files'
     names and sizes (cheap, and changes when the annotations do)."""
-    for meta in (Path(root) / "meta.json", dataset.root.parent / "meta.json"):
-        if meta.is_file():
-            return json.loads(meta.read_text())["fingerprint"]
+    stored = stored_fingerprint(root, dataset.root.parent)
+    if stored is not None:
+        return stored
     digest = hashlib.sha256()
     for video in dataset.videos:
         for path in video.annotation_paths:
@@ -186,7 +186,7 @@ def retune_vos(
     metrics = evaluate_vos_model(prepare_for_inference(model), videos)
     log.info("mem_every %d on %d videos: %s", mem_every, len(videos), metrics)
     retuned = {
-        "command": " ".join(["vidserve", *sys.argv[1:]]) if sys.argv else "",
+        "command": command_line(),
         "from_version": source.manifest.version,
         "changed": {"mem_every": [source.model.config.mem_every, mem_every]},
         "metrics_before": source.manifest.metrics,

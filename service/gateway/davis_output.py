@@ -6,7 +6,6 @@ DAVIS evaluation expects.
 """
 
 import io
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,11 +44,11 @@ def write_davis_pngs(frames: Iterable[FrameResult], height: int, width: int, fol
 
 
 def davis_zip(frames: Iterable[FrameResult], height: int, width: int) -> bytes:
-    """The PNGs of write_davis_pngs in a zip (stored: PNGs are compressed already)."""
+    """The PNGs of write_davis_pngs in a zip (stored: PNGs are compressed already), written in
+    memory."""
     buffer = io.BytesIO()
-    with tempfile.TemporaryDirectory(prefix="vidserve-davis-") as tmp:
-        write_davis_pngs(frames, height, width, Path(tmp))
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-            for path in sorted(Path(tmp).iterdir()):
-                archive.write(path, path.name)
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for frame in frames:
+            with archive.open(png_name(frame.frame_index), "w") as png:
+                write_palette_png(png, id_map(frame, height, width))
     return buffer.getvalue()

@@ -29,6 +29,7 @@ from service.gateway.video_input import InputError, VideoLimits, decode_frames, 
 from service.queue.base import NoWorker
 from service.queue.messages import ErrorCode
 from service.schemas import FrameResult, SegmentResponse, summarize_tracks
+from service.worker.runner import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,13 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
 
     async def StreamFrames(self, request_iterator, context):  # noqa: N802 - gRPC's name
         config = await _first_config(request_iterator, context, "SessionConfig")
-        name, options = await self._session_config(config, context)
+        model, options = await self._session_config(config, context)
+        name = model.name
         async with _Reserved(self.ctx, context):
             # Admitted: a client that waits for this before sending frames always sees the
             # true status of a refused stream (not a failed write).
             await context.send_initial_metadata((("vidserve-session", "accepted"),))
-            takes_prompt = await self._takes_prompt(name)
-            frames = _stream_frames(request_iterator, self.ctx, name, takes_prompt)
+            frames = _stream_frames(request_iterator, self.ctx, name, model.takes_prompt)
             try:
                 async for result in run_session(
                     self.ctx.transport,
@@ -73,8 +74,9 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
 
     async def SegmentVideo(self, request_iterator, context):  # noqa: N802
         config = await _first_config(request_iterator, context, "VideoConfig")
-        name, options = await self._session_config(config.session, context)
-        if await self._takes_prompt(name):
+        model, options = await self._session_config(config.session, context)
+        name = model.name
+        if model.takes_prompt:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"model '{name}' needs a prompt, which SegmentVideo cannot carry: send the "
@@ -138,12 +140,10 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
             ]
         )
 
-    async def _takes_prompt(self, name: str) -> bool:
-        return any(m.takes_prompt for m in await self.ctx.transport.models() if m.name == name)
-
-    async def _session_config(self, config, context) -> tuple[str, dict]:
+    async def _session_config(self, config, context) -> tuple[ModelInfo, dict]:
+        """The served model the config names (NOT_FOUND otherwise) and its options."""
         name = config.model or self.ctx.settings.default_model
-        served = {m.name for m in await self.ctx.transport.models()}
+        served = {m.name: m for m in await self.ctx.transport.models()}
         if name not in served:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
@@ -156,7 +156,7 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
                     grpc.StatusCode.INVALID_ARGUMENT, "score_threshold must be in [0, 1]"
                 )
             options["score_threshold"] = config.score_threshold
-        return name, options
+        return served[name], options
 
 
 async def _first_config(requests, context, config_type: str):

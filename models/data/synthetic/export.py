@@ -252,6 +252,16 @@ def dataset_fingerprint(out: Path, split: str) -> str:
     return digest.hexdigest()
 
 
+def stored_fingerprint(*folders: Path) -> str | None:
+    """The fingerprint in meta.json of the first folder that has one (a `vidserve synth`
+    output); None for other datasets."""
+    for folder in folders:
+        meta = Path(folder) / "meta.json"
+        if meta.is_file():
+            return json.loads(meta.read_text())["fingerprint"]
+    return None
+
+
 def generate_dataset(
     out: Path | str,
     config: WorldConfig,
