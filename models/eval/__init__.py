@@ -13,8 +13,14 @@ TASKS = ("vis", "instance", "vos", "panoptic", "action")
 __all__ = ["TASKS", "EvalInputError", "EvalResult", "evaluate_files"]
 
 
-def evaluate_files(task: str, gt: Path | str, pred: Path | str, *,
-                   labelmap: Path | str | None = None, split: str | None = None) -> EvalResult:
+def evaluate_files(
+    task: str,
+    gt: Path | str,
+    pred: Path | str,
+    *,
+    labelmap: Path | str | None = None,
+    split: str | None = None,
+) -> EvalResult:
     """Evaluate prediction files against ground-truth files in the task's standard formats:
 
     vis       YouTube-VIS instances JSON        | results JSON list

@@ -24,8 +24,12 @@ MAX_PER_KEY_FRAME = 50  # the official evaluator reads predictions with capacity
 METRIC_NAME = "mAP@0.5"
 
 
-def evaluate_actions(gt: list, predictions: list, class_ids: Iterable[int] | None = None,
-                     class_names: dict[int, str] | None = None) -> EvalResult:
+def evaluate_actions(
+    gt: list,
+    predictions: list,
+    class_ids: Iterable[int] | None = None,
+    class_names: dict[int, str] | None = None,
+) -> EvalResult:
     """Frame-mAP of AvaBox-like predictions (video_id, timestamp, box x1 y1 x2 y2 normalised,
     action_id, score) against ground truth. `class_ids` limits the classes, as the official label
     map does (boxes of other classes are dropped from both sides); by default the classes present
@@ -49,26 +53,37 @@ def evaluate_actions(gt: list, predictions: list, class_ids: Iterable[int] | Non
         group = sorted(group, key=lambda p: -_score(p))
         action = key[2]
         scores[action] += [_score(p) for p in group]
-        hits[action] += true_positives(np.array([p.box for p in group], dtype=np.float64),
-                                       np.array(gt_boxes.get(key, []), dtype=np.float64)).tolist()
+        hits[action] += true_positives(
+            np.array([p.box for p in group], dtype=np.float64),
+            np.array(gt_boxes.get(key, []), dtype=np.float64),
+        ).tolist()
 
     names = class_names or {}
-    per_class = {names.get(c, str(c)): average_precision(np.array(scores[c]),
-                                                         np.array(hits[c], dtype=bool), num_gt[c])
-                 for c in sorted(classes) if num_gt[c] > 0}
+    per_class = {
+        names.get(c, str(c)): average_precision(
+            np.array(scores[c]), np.array(hits[c], dtype=bool), num_gt[c]
+        )
+        for c in sorted(classes)
+        if num_gt[c] > 0
+    }
     mean_ap = float(np.mean(list(per_class.values()))) if per_class else 0.0
     return EvalResult("action", {METRIC_NAME: mean_ap}, per_class)
 
 
-def evaluate_action_files(gt_csv: Path | str, pred_csv: Path | str,
-                          labelmap: Path | str | None = None) -> EvalResult:
+def evaluate_action_files(
+    gt_csv: Path | str, pred_csv: Path | str, labelmap: Path | str | None = None
+) -> EvalResult:
     """Frame-mAP of an AVA predictions CSV against an AVA ground-truth CSV, over the classes of
     `labelmap` (an AVA action list pbtxt) if given."""
     from models.data.ava import load_action_list, load_ava_csv
 
     names = load_action_list(labelmap) if labelmap is not None else None
-    return evaluate_actions(load_ava_csv(gt_csv), load_ava_csv(pred_csv, predictions=True),
-                            class_ids=names, class_names=names)
+    return evaluate_actions(
+        load_ava_csv(gt_csv),
+        load_ava_csv(pred_csv, predictions=True),
+        class_ids=names,
+        class_names=names,
+    )
 
 
 def true_positives(pred_boxes: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:

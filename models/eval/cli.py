@@ -16,18 +16,36 @@ class Task(StrEnum):
 
 
 def eval_command(
-    task: Annotated[Task, typer.Option(help="vis: YouTube-VIS AP; instance: COCO mask AP; "
-                                       "vos: DAVIS J&F; panoptic: PQ; action: AVA frame-mAP.")],
-    gt: Annotated[Path, typer.Option(help="Ground truth: a YouTube-VIS / COCO / COCO panoptic "
-                                     "JSON, a DAVIS folder, or an AVA CSV.")],
-    pred: Annotated[Path, typer.Option(help="Predictions in the matching format (for vos a "
-                                       "folder of <video>/<frame>.png palette masks).")],
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the numbers "
-                                                  "here as JSON.")] = None,
-    labelmap: Annotated[Path | None, typer.Option(help="action: AVA action list (pbtxt) of "
-                                                  "the classes to score.")] = None,
-    split: Annotated[str | None, typer.Option(help="vos: DAVIS split (default val, or the "
-                                              "only one listed).")] = None,
+    task: Annotated[
+        Task,
+        typer.Option(
+            help="vis: YouTube-VIS AP; instance: COCO mask AP; "
+            "vos: DAVIS J&F; panoptic: PQ; action: AVA frame-mAP."
+        ),
+    ],
+    gt: Annotated[
+        Path,
+        typer.Option(
+            help="Ground truth: a YouTube-VIS / COCO / COCO panoptic "
+            "JSON, a DAVIS folder, or an AVA CSV."
+        ),
+    ],
+    pred: Annotated[
+        Path,
+        typer.Option(
+            help="Predictions in the matching format (for vos a "
+            "folder of <video>/<frame>.png palette masks)."
+        ),
+    ],
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the numbers here as JSON.")
+    ] = None,
+    labelmap: Annotated[
+        Path | None, typer.Option(help="action: AVA action list (pbtxt) of the classes to score.")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="vos: DAVIS split (default val, or the only one listed).")
+    ] = None,
 ) -> None:
     """Score predictions against ground truth with the task's standard metric."""
     from models.data.errors import DatasetError

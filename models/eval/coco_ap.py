@@ -16,14 +16,34 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 MAX_DETECTIONS = (1, 10, 100)
 # name -> (min area, max area), both inclusive as in COCOeval.
-COCO_AREA_RANGES = {"all": (0, 1e10), "small": (0, 32**2), "medium": (32**2, 96**2),
-                    "large": (96**2, 1e10)}
+COCO_AREA_RANGES = {
+    "all": (0, 1e10),
+    "small": (0, 32**2),
+    "medium": (32**2, 96**2),
+    "large": (96**2, 1e10),
+}
 # The YouTube-VIS API (ytvoseval.py) uses its own thresholds on the mean non-empty track area.
-YTVIS_AREA_RANGES = {"all": (0, 1e10), "small": (0, 128**2), "medium": (128**2, 256**2),
-                     "large": (256**2, 1e10)}
+YTVIS_AREA_RANGES = {
+    "all": (0, 1e10),
+    "small": (0, 128**2),
+    "medium": (128**2, 256**2),
+    "large": (256**2, 1e10),
+}
 
-METRIC_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
-                "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+METRIC_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_small",
+    "AP_medium",
+    "AP_large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
+)
 
 
 @dataclass
@@ -38,8 +58,9 @@ class MatchGroup:
     gt_crowd: np.ndarray  # (G,) bool
 
 
-def coco_metrics(groups: list[MatchGroup], category_ids: list[int],
-                 area_ranges: dict[str, tuple[float, float]]) -> dict[str, float]:
+def coco_metrics(
+    groups: list[MatchGroup], category_ids: list[int], area_ranges: dict[str, tuple[float, float]]
+) -> dict[str, float]:
     """The twelve COCO summary numbers (METRIC_NAMES). Groups must come in image order: ties in
     score are broken by that order, as COCOeval does."""
     precision, recall = _accumulate(groups, category_ids, list(area_ranges.values()))
@@ -70,8 +91,11 @@ def _accumulate(groups, category_ids, area_ranges):
             for m, max_det in enumerate(MAX_DETECTIONS):
                 keep = detections.rank < max_det
                 precision[:, :, k, a, m], recall[:, k, a, m] = _precision_recall(
-                    detections.scores[keep], detections.matched[:, keep],
-                    detections.ignored[:, keep], num_gt)
+                    detections.scores[keep],
+                    detections.matched[:, keep],
+                    detections.ignored[:, keep],
+                    num_gt,
+                )
     return precision, recall
 
 
@@ -90,7 +114,8 @@ class _Detections:
             np.concatenate([m.rank for m in matches]),
             np.concatenate([m.matched for m in matches], axis=1),
             np.concatenate([m.ignored for m in matches], axis=1),
-            np.concatenate([m.gt_ignored for m in matches]))
+            np.concatenate([m.gt_ignored for m in matches]),
+        )
 
 
 def _match(group: MatchGroup, area_range: tuple[float, float]) -> _Detections:
@@ -103,8 +128,9 @@ def _match(group: MatchGroup, area_range: tuple[float, float]) -> _Detections:
     for t, threshold in enumerate(IOU_THRESHOLDS):
         taken = np.zeros(len(gt_ignored), dtype=bool)
         for d in range(num_dt):
-            g = _best_gt(group.ious[d], min(threshold, 1 - 1e-10), taken, gt_ignored,
-                         group.gt_crowd)
+            g = _best_gt(
+                group.ious[d], min(threshold, 1 - 1e-10), taken, gt_ignored, group.gt_crowd
+            )
             if g >= 0:
                 matched[t, d], on_ignored[t, d], taken[g] = True, gt_ignored[g], True
     out_of_range = (group.dt_areas < low) | (group.dt_areas > high)
@@ -112,8 +138,9 @@ def _match(group: MatchGroup, area_range: tuple[float, float]) -> _Detections:
     return _Detections(group.scores, np.arange(num_dt), matched, ignored, gt_ignored)
 
 
-def _best_gt(ious: np.ndarray, threshold: float, taken: np.ndarray, gt_ignored: np.ndarray,
-             crowd: np.ndarray) -> int:
+def _best_gt(
+    ious: np.ndarray, threshold: float, taken: np.ndarray, gt_ignored: np.ndarray, crowd: np.ndarray
+) -> int:
     """The ground truth a detection takes: the best IoU >= threshold among the free ones, a
     counted one before an ignored one; crowds are never used up. Of equal IoUs COCOeval keeps
     the last, so do we. -1 when none qualifies."""
@@ -164,6 +191,18 @@ def _summarise(precision, recall, area_names) -> dict[str, float]:
         return mean_defined(recall[:, :, area, max_det])
 
     small, medium, large = (area_names.index(n) for n in ("small", "medium", "large"))
-    values = [ap(), ap(thresholds=at_50), ap(thresholds=at_75), ap(small), ap(medium), ap(large),
-              ar(max_det=0), ar(max_det=1), ar(max_det=2), ar(small), ar(medium), ar(large)]
+    values = [
+        ap(),
+        ap(thresholds=at_50),
+        ap(thresholds=at_75),
+        ap(small),
+        ap(medium),
+        ap(large),
+        ar(max_det=0),
+        ar(max_det=1),
+        ar(max_det=2),
+        ar(small),
+        ar(medium),
+        ar(large),
+    ]
     return dict(zip(METRIC_NAMES, values, strict=True))

@@ -42,8 +42,9 @@ def evaluate_davis(sequences) -> EvalResult:
     return EvalResult("vos", summarise(scores))
 
 
-def evaluate_davis_files(gt_root: Path | str, pred_root: Path | str,
-                         split: str | None = None) -> EvalResult:
+def evaluate_davis_files(
+    gt_root: Path | str, pred_root: Path | str, split: str | None = None
+) -> EvalResult:
     """J&F of `<pred_root>/<video>/<frame>.png` palette masks against a DAVIS folder. `split`
     defaults to `val`, or to the only split listed in ImageSets/2017. A prediction folder without
     any PNG is an empty prediction set and scores 0."""
@@ -55,19 +56,23 @@ def evaluate_davis_files(gt_root: Path | str, pred_root: Path | str,
     dataset = load_davis(gt_root, split or _default_split(gt_root))
     if not any(pred_root.rglob("*.png")):
         return EvalResult("vos", dict.fromkeys(METRIC_NAMES, 0.0))
-    per_video = map_in_threads(lambda video: sequence_scores(*_load_sequence(video, pred_root)),
-                               dataset.videos)
+    per_video = map_in_threads(
+        lambda video: sequence_scores(*_load_sequence(video, pred_root)), dataset.videos
+    )
     return EvalResult("vos", summarise([s for scores in per_video for s in scores]))
 
 
 def sequence_scores(name: str, gt: np.ndarray, pred: np.ndarray) -> list[ObjectScores]:
     """J and F of every object of the first frame on frames 1 .. T-2."""
     if gt.shape != pred.shape:
-        raise EvalInputError(f"video '{name}': predicted masks {pred.shape} != ground truth "
-                             f"{gt.shape}")
+        raise EvalInputError(
+            f"video '{name}': predicted masks {pred.shape} != ground truth {gt.shape}"
+        )
     if len(gt) < 3:
-        raise EvalInputError(f"video '{name}': {len(gt)} annotated frames; J&F leaves out the "
-                             "first and the last, so it needs at least 3")
+        raise EvalInputError(
+            f"video '{name}': {len(gt)} annotated frames; J&F leaves out the "
+            "first and the last, so it needs at least 3"
+        )
     gt = np.where(gt == VOID, 0, gt)
     objects = [int(i) for i in np.unique(gt[0]) if i != 0]
     evaluated_gt, evaluated_pred = gt[1:-1], pred[1:-1]
@@ -98,8 +103,8 @@ def statistics(per_frame: np.ndarray) -> tuple[float, float, float]:
     the frames into 4 bins as DAVIS does (edges round(linspace(1, n, 5)) - 1, each bin including
     its right edge) and is the mean of the first bin minus the mean of the last."""
     edges = (np.round(np.linspace(1, len(per_frame), 5) + 1e-10) - 1).astype(int)
-    first = per_frame[edges[0]:edges[1] + 1]
-    last = per_frame[edges[3]:edges[4] + 1]
+    first = per_frame[edges[0] : edges[1] + 1]
+    last = per_frame[edges[3] : edges[4] + 1]
     decay = first.mean() - last.mean()
     return float(per_frame.mean()), float((per_frame > 0.5).mean()), float(decay)
 
@@ -172,8 +177,10 @@ def _crop_around(mask: np.ndarray) -> tuple[slice, slice] | None:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     height, width = mask.shape
-    return (slice(max(rows[0] - 1, 0), min(rows[-1] + 2, height)),
-            slice(max(cols[0] - 1, 0), min(cols[-1] + 2, width)))
+    return (
+        slice(max(rows[0] - 1, 0), min(rows[-1] + 2, height)),
+        slice(max(cols[0] - 1, 0), min(cols[-1] + 2, width)),
+    )
 
 
 def _check_predicted_ids(name: str, pred: np.ndarray, objects: list[int]) -> None:
@@ -184,8 +191,10 @@ def _check_predicted_ids(name: str, pred: np.ndarray, objects: list[int]) -> Non
     allowed[[0, *objects]] = True
     unknown = ~allowed[pred]
     if unknown.any():
-        raise EvalInputError(f"video '{name}': predicted ids {np.unique(pred[unknown]).tolist()} "
-                             f"are not objects of the first frame {objects}")
+        raise EvalInputError(
+            f"video '{name}': predicted ids {np.unique(pred[unknown]).tolist()} "
+            f"are not objects of the first frame {objects}"
+        )
 
 
 def _default_split(root: Path) -> str:
@@ -217,13 +226,15 @@ def _read_prediction(path: Path, video: str, size: tuple[int, int]) -> np.ndarra
     from models.data.errors import DatasetError
 
     if not path.is_file():
-        raise EvalInputError(f"{path}: prediction for frame {path.stem} of video '{video}' is "
-                             "missing")
+        raise EvalInputError(
+            f"{path}: prediction for frame {path.stem} of video '{video}' is missing"
+        )
     try:
         mask = read_palette_png(path)
     except DatasetError as e:
         raise EvalInputError(str(e)) from None
     if mask.shape != tuple(size):
-        raise EvalInputError(f"{path}: mask size {list(mask.shape)} != ground truth size "
-                             f"{list(size)}")
+        raise EvalInputError(
+            f"{path}: mask size {list(mask.shape)} != ground truth size {list(size)}"
+        )
     return mask

@@ -25,8 +25,9 @@ def evaluate_instances(gt: dict, results: list) -> EvalResult:
     checked = check_results(results, images, categories)
     if not checked:
         return EvalResult("instance", zero_metrics())
-    return EvalResult("instance", dict(zip(METRIC_NAMES, _cocoeval_stats(gt, checked),
-                                           strict=True)))
+    return EvalResult(
+        "instance", dict(zip(METRIC_NAMES, _cocoeval_stats(gt, checked), strict=True))
+    )
 
 
 def evaluate_instance_files(gt_file: Path | str, results_file: Path | str) -> EvalResult:
@@ -36,16 +37,24 @@ def evaluate_instance_files(gt_file: Path | str, results_file: Path | str) -> Ev
 def check_results(results, images: dict, categories: set) -> list[dict]:
     """Results with checked RLEs (bytes counts); a bad entry raises EvalInputError naming it."""
     if not isinstance(results, list):
-        raise EvalInputError("results: expected a JSON list of {image_id, category_id, score, "
-                             "segmentation}")
+        raise EvalInputError(
+            "results: expected a JSON list of {image_id, category_id, score, segmentation}"
+        )
     for k, entry in enumerate(results):
         _check_result_head(k, entry, images, categories)
     sizes = [(images[r["image_id"]]["height"], images[r["image_id"]]["width"]) for r in results]
-    rles = checked_rles([r["segmentation"] for r in results], sizes,
-                        lambda k: f"result #{k}", size_name="image")
-    return [{"image_id": r["image_id"], "category_id": r["category_id"],
-             "score": float(r["score"]), "segmentation": rle}
-            for r, rle in zip(results, rles, strict=True)]
+    rles = checked_rles(
+        [r["segmentation"] for r in results], sizes, lambda k: f"result #{k}", size_name="image"
+    )
+    return [
+        {
+            "image_id": r["image_id"],
+            "category_id": r["category_id"],
+            "score": float(r["score"]),
+            "segmentation": rle,
+        }
+        for r, rle in zip(results, rles, strict=True)
+    ]
 
 
 def _check_result_head(k: int, entry, images: dict, categories: set) -> None:
@@ -59,7 +68,8 @@ def _check_result_head(k: int, entry, images: dict, categories: set) -> None:
         raise EvalInputError(f"{where}: image_id {entry['image_id']!r} is not in the ground truth")
     if entry["category_id"] not in categories:
         raise EvalInputError(
-            f"{where}: category_id {entry['category_id']!r} is not in the ground truth")
+            f"{where}: category_id {entry['category_id']!r} is not in the ground truth"
+        )
     score = entry["score"]
     if not isinstance(score, int | float) or not math.isfinite(score):
         raise EvalInputError(f"{where}: score {score!r} is not a finite number")
@@ -76,8 +86,11 @@ def _check_gt(gt) -> None:
         if not all(key in image for key in ("id", "height", "width")):
             raise EvalInputError(f"ground truth image #{k}: needs id, height and width")
     for k, ann in enumerate(gt["annotations"]):
-        missing = [key for key in ("id", "image_id", "category_id", "segmentation", "area")
-                   if key not in ann]
+        missing = [
+            key
+            for key in ("id", "image_id", "category_id", "segmentation", "area")
+            if key not in ann
+        ]
         if missing:
             raise EvalInputError(f"ground truth annotation #{k}: missing {missing}")
 

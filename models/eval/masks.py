@@ -13,8 +13,9 @@ from pycocotools import mask as mask_utils
 from models.eval.errors import EvalInputError
 
 
-def checked_rles(segs: list, sizes: list[tuple[int, int]], where: Callable[[int], str],
-                 size_name: str = "video") -> list[dict]:
+def checked_rles(
+    segs: list, sizes: list[tuple[int, int]], where: Callable[[int], str], size_name: str = "video"
+) -> list[dict]:
     """Valid RLEs of the given (height, width) sizes, in pycocotools' form (bytes counts).
 
     `segs[i]` may have str, bytes or uncompressed list counts. A bad one raises EvalInputError
@@ -35,8 +36,9 @@ def checked_rles(segs: list, sizes: list[tuple[int, int]], where: Callable[[int]
     for i, total in zip(string_items, totals, strict=True):
         height, width = out[i]["size"]
         if total != height * width:
-            raise EvalInputError(f"{where(i)}: malformed RLE (counts do not describe a "
-                                 f"{height}x{width} mask)")
+            raise EvalInputError(
+                f"{where(i)}: malformed RLE (counts do not describe a {height}x{width} mask)"
+            )
     return out
 
 
@@ -61,17 +63,21 @@ def _checked_shape(seg, size, where: Callable[[int], str], i: int, size_name: st
     if isinstance(counts, list):
         runs = _list_runs(counts)
         if runs is None or runs.sum() != got[0] * got[1]:
-            raise EvalInputError(f"{where(i)}: malformed RLE (runs do not cover "
-                                 f"{got[0]}x{got[1]})")
+            raise EvalInputError(f"{where(i)}: malformed RLE (runs do not cover {got[0]}x{got[1]})")
         return mask_utils.frPyObjects({"size": got, "counts": runs.tolist()}, *got)
     if isinstance(counts, str):
         counts = counts.encode() if counts.isascii() else b"\x00"  # \x00 never decodes
     if not isinstance(counts, bytes):
         raise EvalInputError(f"{where(i)}: RLE counts must be a string or a list of run lengths")
     return {"size": got, "counts": counts}
+
+
 def _rle_size(size, where: str) -> list[int]:
-    ok = (isinstance(size, list | tuple) and len(size) == 2
-          and all(isinstance(v, int | np.integer) and v > 0 for v in size))
+    ok = (
+        isinstance(size, list | tuple)
+        and len(size) == 2
+        and all(isinstance(v, int | np.integer) and v > 0 for v in size)
+    )
     if not ok:
         raise EvalInputError(f"{where}: RLE size {size!r} is not [height, width]")
     return [int(size[0]), int(size[1])]

@@ -65,8 +65,9 @@ def evaluate_panoptic(pairs, categories: dict[int, bool]) -> EvalResult:
     return EvalResult("panoptic", pq_metrics(counts, categories))
 
 
-def count_image(gt: Segments, pred: Segments, counts: PqCounts, categories: dict[int, bool],
-                where: str) -> None:
+def count_image(
+    gt: Segments, pred: Segments, counts: PqCounts, categories: dict[int, bool], where: str
+) -> None:
     """Add one image's TP/FP/FN and matched IoUs to `counts`."""
     _check_prediction(gt, pred, categories, where)
     gt_ids = [VOID, *sorted(gt.category)]
@@ -110,9 +111,12 @@ def pq_metrics(counts: PqCounts, categories: dict[int, bool]) -> dict[str, float
     return dict(zip(METRIC_NAMES, values, strict=True))
 
 
-def evaluate_panoptic_files(gt_json: Path | str, pred_json: Path | str,
-                            gt_png_root: Path | str | None = None,
-                            pred_png_root: Path | str | None = None) -> EvalResult:
+def evaluate_panoptic_files(
+    gt_json: Path | str,
+    pred_json: Path | str,
+    gt_png_root: Path | str | None = None,
+    pred_png_root: Path | str | None = None,
+) -> EvalResult:
     """PQ of a COCO panoptic prediction (JSON + PNG folder, by default the folder named like the
     JSON beside it) against COCO panoptic ground truth. Every ground-truth image needs a
     prediction; a prediction JSON without annotations is an empty set and scores 0."""
@@ -126,12 +130,14 @@ def evaluate_panoptic_files(gt_json: Path | str, pred_json: Path | str,
         return EvalResult("panoptic", dict.fromkeys(METRIC_NAMES, 0.0))
     missing = [im.id for im in dataset.images if im.id not in predictions]
     if missing:
-        raise EvalInputError(f"{pred_json}: no prediction for image {missing[0]} "
-                             f"({len(missing)} images without one)")
+        raise EvalInputError(
+            f"{pred_json}: no prediction for image {missing[0]} ({len(missing)} images without one)"
+        )
     counts = PqCounts()
     for image_counts in map_in_threads(
-            lambda im: _count_file_image(im, predictions[im.id], pred_png_root, categories),
-            dataset.images):
+        lambda im: _count_file_image(im, predictions[im.id], pred_png_root, categories),
+        dataset.images,
+    ):
         counts.merge(image_counts)
     return EvalResult("panoptic", pq_metrics(counts, categories))
 
@@ -152,30 +158,37 @@ def _pq_average(counts: PqCounts, chosen: list[int]) -> list[float]:
     return [pq / n, sq / n, rq / n] if n else [0.0, 0.0, 0.0]
 
 
-def _check_prediction(gt: Segments, pred: Segments, categories: dict[int, bool],
-                      where: str) -> None:
+def _check_prediction(
+    gt: Segments, pred: Segments, categories: dict[int, bool], where: str
+) -> None:
     if pred.ids.shape != gt.ids.shape:
-        raise EvalInputError(f"{where}: PNG size {list(pred.ids.shape)} != image size "
-                             f"{list(gt.ids.shape)}")
+        raise EvalInputError(
+            f"{where}: PNG size {list(pred.ids.shape)} != image size {list(gt.ids.shape)}"
+        )
     for segment_id, category in pred.category.items():
         if category not in categories:
-            raise EvalInputError(f"{where}: segment {segment_id} has category_id {category}, "
-                                 "which is not in the ground truth")
+            raise EvalInputError(
+                f"{where}: segment {segment_id} has category_id {category}, "
+                "which is not in the ground truth"
+            )
 
 
 def _overlap_counts(gt_map, gt_ids, pred_map, pred_ids, where) -> np.ndarray:
     """(len(gt_ids), len(pred_ids)) pixel counts of each (gt segment, predicted segment) pair."""
-    gt_index = _index_of(gt_map, gt_ids, f"{where}: ground-truth segment id {{}} is in the PNG "
-                                         "but not in segments_info")
-    pred_index = _index_of(pred_map, pred_ids, f"{where}: segment id {{}} is in the PNG but not "
-                                               "in segments_info")
+    gt_index = _index_of(
+        gt_map,
+        gt_ids,
+        f"{where}: ground-truth segment id {{}} is in the PNG but not in segments_info",
+    )
+    pred_index = _index_of(
+        pred_map, pred_ids, f"{where}: segment id {{}} is in the PNG but not in segments_info"
+    )
     joint = gt_index.ravel() * len(pred_ids) + pred_index.ravel()
     overlap = np.bincount(joint, minlength=len(gt_ids) * len(pred_ids))
     overlap = overlap.reshape(len(gt_ids), len(pred_ids))
     absent = [pred_ids[j] for j in range(1, len(pred_ids)) if overlap[:, j].sum() == 0]
     if absent:
-        raise EvalInputError(f"{where}: segment {absent[0]} is in segments_info but not in the "
-                             "PNG")
+        raise EvalInputError(f"{where}: segment {absent[0]} is in segments_info but not in the PNG")
     return overlap
 
 
@@ -207,31 +220,38 @@ def _parse_predictions(data, image_ids: set[int]) -> dict[int, dict]:
     out: dict[int, dict] = {}
     for k, ann in enumerate(annotations):
         where = f"prediction #{k}"
-        if not isinstance(ann, dict) or not all(key in ann for key in
-                                                ("image_id", "file_name", "segments_info")):
+        if not isinstance(ann, dict) or not all(
+            key in ann for key in ("image_id", "file_name", "segments_info")
+        ):
             raise EvalInputError(f"{where}: needs image_id, file_name and segments_info")
         if ann["image_id"] not in image_ids:
-            raise EvalInputError(f"{where}: image_id {ann['image_id']!r} is not in the "
-                                 "ground truth")
+            raise EvalInputError(
+                f"{where}: image_id {ann['image_id']!r} is not in the ground truth"
+            )
         if ann["image_id"] in out:
             raise EvalInputError(f"{where}: a second prediction for image {ann['image_id']}")
         for segment in ann["segments_info"]:
             if not isinstance(segment, dict) or "id" not in segment or "category_id" not in segment:
                 raise EvalInputError(f"{where}: each segments_info entry needs id and category_id")
             if not isinstance(segment["id"], int) or not 0 < segment["id"] < 256**3:
-                raise EvalInputError(f"{where}: segment id {segment['id']!r} is not an RGB-coded "
-                                     "id (1 .. 256^3 - 1)")
+                raise EvalInputError(
+                    f"{where}: segment id {segment['id']!r} is not an RGB-coded id (1 .. 256^3 - 1)"
+                )
         out[ann["image_id"]] = ann
     return out
 
 
-def _count_file_image(image, prediction: dict, pred_png_root: Path,
-                      categories: dict[int, bool]) -> PqCounts:
+def _count_file_image(
+    image, prediction: dict, pred_png_root: Path, categories: dict[int, bool]
+) -> PqCounts:
     where = f"prediction for image {image.id}"
-    gt = Segments(read_id_png(image.png_path, (image.height, image.width),
-                              f"ground truth of image {image.id}"),
-                  {s.id: s.category_id for s in image.segments},
-                  {s.id: bool(s.iscrowd) for s in image.segments})
+    gt = Segments(
+        read_id_png(
+            image.png_path, (image.height, image.width), f"ground truth of image {image.id}"
+        ),
+        {s.id: s.category_id for s in image.segments},
+        {s.id: bool(s.iscrowd) for s in image.segments},
+    )
     path = pred_png_root / prediction["file_name"]
     category = {int(s["id"]): s["category_id"] for s in prediction["segments_info"]}
     if VOID in category:
@@ -254,7 +274,6 @@ def read_id_png(path: Path, size: tuple[int, int], what: str) -> np.ndarray:
     except OSError as e:
         raise EvalInputError(f"{path}: not a readable PNG ({e})") from None
     if rgba.shape[:2] != tuple(size):
-        raise EvalInputError(f"{path}: PNG size {list(rgba.shape[:2])} != image size "
-                             f"{list(size)}")
+        raise EvalInputError(f"{path}: PNG size {list(rgba.shape[:2])} != image size {list(size)}")
     # The four bytes R, G, B, A read as one little-endian number: R + 256 G + 256^2 B + 256^3 A.
     return rgba.view("<u4")[..., 0] & 0xFFFFFF

@@ -47,9 +47,13 @@ class Track:
     iscrowd: bool = False
 
 
-def evaluate_vis(gt: list[Track], predictions: list[Track], videos: dict[int, Video],
-                 category_ids: list[int],
-                 area_ranges: dict[str, tuple[float, float]] = YTVIS_AREA_RANGES) -> EvalResult:
+def evaluate_vis(
+    gt: list[Track],
+    predictions: list[Track],
+    videos: dict[int, Video],
+    category_ids: list[int],
+    area_ranges: dict[str, tuple[float, float]] = YTVIS_AREA_RANGES,
+) -> EvalResult:
     """YouTube-VIS AP/AR of `predictions` against `gt`. An empty prediction set scores 0."""
     if not predictions:
         return EvalResult("vis", zero_metrics())
@@ -80,23 +84,33 @@ def evaluate_vis_results(dataset, results: list[dict]) -> EvalResult:
 
 def gt_tracks(tracks, videos: dict[int, Video]) -> list[Track]:
     """Tracks of models.data.ytvis (str-count RLEs) as checked Tracks."""
-    masks = _checked_masks([t.segmentations for t in tracks], [t.video_id for t in tracks],
-                           videos, "ground-truth track")
-    return [Track(t.video_id, t.category_id, m, 1.0, bool(t.iscrowd))
-            for t, m in zip(tracks, masks, strict=True)]
+    masks = _checked_masks(
+        [t.segmentations for t in tracks],
+        [t.video_id for t in tracks],
+        videos,
+        "ground-truth track",
+    )
+    return [
+        Track(t.video_id, t.category_id, m, 1.0, bool(t.iscrowd))
+        for t, m in zip(tracks, masks, strict=True)
+    ]
 
 
 def parse_results(results, videos: dict[int, Video], category_ids: set[int]) -> list[Track]:
     """Results JSON entries `{video_id, category_id, score, segmentations}` as checked Tracks;
     a bad entry raises EvalInputError naming it ("result #3: ...")."""
     if not isinstance(results, list):
-        raise EvalInputError("results: expected a JSON list of {video_id, category_id, score, "
-                             "segmentations}")
+        raise EvalInputError(
+            "results: expected a JSON list of {video_id, category_id, score, segmentations}"
+        )
     heads = [_result_head(k, r, videos, category_ids) for k, r in enumerate(results)]
-    masks = _checked_masks([r["segmentations"] for r in results], [h[0] for h in heads],
-                           videos, "result")
-    return [Track(video_id, category_id, m, score)
-            for (video_id, category_id, score), m in zip(heads, masks, strict=True)]
+    masks = _checked_masks(
+        [r["segmentations"] for r in results], [h[0] for h in heads], videos, "result"
+    )
+    return [
+        Track(video_id, category_id, m, score)
+        for (video_id, category_id, score), m in zip(heads, masks, strict=True)
+    ]
 
 
 def mean_nonempty_area(areas: np.ndarray) -> float:
@@ -122,19 +136,28 @@ def _result_head(k: int, entry, videos: dict[int, Video], category_ids: set[int]
     segmentations, length = entry["segmentations"], videos[video_id].num_frames
     if not isinstance(segmentations, list) or len(segmentations) != length:
         got = len(segmentations) if isinstance(segmentations, list) else "no list of"
-        raise EvalInputError(f"{where}: {got} segmentations for video {video_id}, which has "
-                             f"{length} frames")
+        raise EvalInputError(
+            f"{where}: {got} segmentations for video {video_id}, which has {length} frames"
+        )
     return video_id, category_id, float(score)
 
 
-def _checked_masks(segmentations: list[list], video_ids: list[int], videos: dict[int, Video],
-                   label: str) -> list[list[dict | None]]:
+def _checked_masks(
+    segmentations: list[list], video_ids: list[int], videos: dict[int, Video], label: str
+) -> list[list[dict | None]]:
     """All masks of all tracks checked in one batch; None frames stay None."""
-    places = [(k, t) for k, segs in enumerate(segmentations)
-              for t, seg in enumerate(segs) if seg is not None]
+    places = [
+        (k, t)
+        for k, segs in enumerate(segmentations)
+        for t, seg in enumerate(segs)
+        if seg is not None
+    ]
     sizes = [(videos[video_ids[k]].height, videos[video_ids[k]].width) for k, _ in places]
-    checked = checked_rles([segmentations[k][t] for k, t in places], sizes,
-                           lambda i: f"{label} #{places[i][0]} frame {places[i][1]}")
+    checked = checked_rles(
+        [segmentations[k][t] for k, t in places],
+        sizes,
+        lambda i: f"{label} #{places[i][0]} frame {places[i][1]}",
+    )
     masks: list[list[dict | None]] = [[None] * len(segs) for segs in segmentations]
     for (k, t), rle in zip(places, checked, strict=True):
         masks[k][t] = rle
@@ -156,14 +179,17 @@ def _video_groups(gts: list[Track], dts: list[Track], video: Video) -> list[Matc
         d = [i for i, t in enumerate(dts) if t.category_id == category]
         g = [j for j, t in enumerate(gts) if t.category_id == category]
         # Highest score first (stable, like COCOeval's mergesort), at most 100 per video.
-        d = sorted(d, key=lambda i: -dts[i].score)[:MAX_DETECTIONS[-1]]
-        groups.append(MatchGroup(
-            category_id=category,
-            ious=ious[np.ix_(d, g)],
-            scores=np.array([dts[i].score for i in d], dtype=np.float64),
-            dt_areas=dt_areas[d],
-            gt_areas=gt_areas[g],
-            gt_crowd=np.array([gts[j].iscrowd for j in g], dtype=bool)))
+        d = sorted(d, key=lambda i: -dts[i].score)[: MAX_DETECTIONS[-1]]
+        groups.append(
+            MatchGroup(
+                category_id=category,
+                ious=ious[np.ix_(d, g)],
+                scores=np.array([dts[i].score for i in d], dtype=np.float64),
+                dt_areas=dt_areas[d],
+                gt_areas=gt_areas[g],
+                gt_crowd=np.array([gts[j].iscrowd for j in g], dtype=bool),
+            )
+        )
     return groups
 
 
