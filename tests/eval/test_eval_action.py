@@ -71,8 +71,9 @@ def test_duplicate_detection_and_the_official_argmax_rule():
     # 0.4 / 0.75 = 0.53, so it goes to LEFT, which is taken: FP, WIDE stays missed.
     # Precision [1, 1/2] at recall [1/2, 1/2]: AP = 0.5.
     wide = (0.1, 0.0, 0.85, 1.0)
-    np.testing.assert_allclose(box_iou(np.array([LEFT_SHIFTED]), np.array([LEFT, wide])),
-                               [[0.6, 0.4 / 0.75]])
+    np.testing.assert_allclose(
+        box_iou(np.array([LEFT_SHIFTED]), np.array([LEFT, wide])), [[0.6, 0.4 / 0.75]]
+    )
     assert mean_ap([gt(LEFT), gt(wide)], [det(LEFT, 0.9), det(LEFT_SHIFTED, 0.8)]) == 0.5
 
 
@@ -108,8 +109,11 @@ def test_empty_prediction_set_scores_zero():
 
 
 def test_unknown_video_is_named():
-    with pytest.raises(EvalInputError, match=r"^prediction #1 \(video 'w', t=902\): video 'w' is "
-                                             "not in the ground truth"):
+    with pytest.raises(
+        EvalInputError,
+        match=r"^prediction #1 \(video 'w', t=902\): video 'w' is "
+        "not in the ground truth",
+    ):
         evaluate_actions([gt(LEFT)], [det(LEFT, 0.9), det(LEFT, 0.9, video="w")])
 
 
@@ -117,7 +121,8 @@ def test_files(tmp_path):
     write_ava_csv(tmp_path / "gt.csv", [gt(LEFT, 1), gt(RIGHT, 2)])
     write_ava_csv(tmp_path / "pred.csv", [det(LEFT, 0.9, 1), det(LEFT, 0.9, 2)])
     write_action_list(tmp_path / "actions.pbtxt", {1: "stand", 2: "sit"})
-    result = evaluate_action_files(tmp_path / "gt.csv", tmp_path / "pred.csv",
-                                   tmp_path / "actions.pbtxt")
+    result = evaluate_action_files(
+        tmp_path / "gt.csv", tmp_path / "pred.csv", tmp_path / "actions.pbtxt"
+    )
     assert result.metrics["mAP@0.5"] == pytest.approx(0.5)
     assert result.per_class == {"stand": 1.0, "sit": 0.0}

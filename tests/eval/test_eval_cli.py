@@ -34,8 +34,16 @@ def write_vis(folder, results):
 
 def test_prints_a_table_and_writes_json(tmp_path):
     write_vis(tmp_path, "perfect")
-    out = run("--task", "vis", "--gt", tmp_path / "gt.json", "--pred", tmp_path / "results.json",
-              "--json", tmp_path / "metrics.json")
+    out = run(
+        "--task",
+        "vis",
+        "--gt",
+        tmp_path / "gt.json",
+        "--pred",
+        tmp_path / "results.json",
+        "--json",
+        tmp_path / "metrics.json",
+    )
     assert out.exit_code == 0, out.output
     assert "AP50" in out.output and "1.0000" in out.output and "n/a" in out.output
     written = json.loads((tmp_path / "metrics.json").read_text())
@@ -57,8 +65,16 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
 def test_action_with_labelmap(tmp_path):
     write_ava_csv(tmp_path / "gt.csv", [AvaBox("v", 902, (0, 0, 0.5, 0.5), 1, person_id=0)])
     write_ava_csv(tmp_path / "pred.csv", [AvaBox("v", 902, (0, 0, 0.5, 0.5), 1, score=0.9)])
-    out = run("--task", "action", "--gt", tmp_path / "gt.csv", "--pred", tmp_path / "pred.csv",
-              "--json", tmp_path / "m.json")
+    out = run(
+        "--task",
+        "action",
+        "--gt",
+        tmp_path / "gt.csv",
+        "--pred",
+        tmp_path / "pred.csv",
+        "--json",
+        tmp_path / "m.json",
+    )
     assert out.exit_code == 0, out.output
     assert json.loads((tmp_path / "m.json").read_text())["metrics"] == {"mAP@0.5": 1.0}
 

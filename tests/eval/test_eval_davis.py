@@ -24,7 +24,7 @@ SIZE = 20
 
 def square(y0, x0, side=5, value=1, size=SIZE):
     ids = np.zeros((size, size), dtype=np.uint8)
-    ids[y0:y0 + side, x0:x0 + side] = value
+    ids[y0 : y0 + side, x0 : x0 + side] = value
     return ids
 
 
@@ -42,7 +42,8 @@ def test_boundary_map_of_a_square_is_the_ring_offset_towards_the_origin():
     # the bottom-right 3x3 corner has as boundary the ring's top row and left column only.
     corner = boundary_map(square(17, 17, 3))
     assert sorted(zip(*np.nonzero(corner), strict=True)) == (
-        [(16, x) for x in range(16, 20)] + [(y, 16) for y in range(17, 20)])
+        [(16, x) for x in range(16, 20)] + [(y, 16) for y in range(17, 20)]
+    )
 
 
 def test_tolerance_is_a_disk_of_0008_of_the_diagonal():
@@ -106,8 +107,15 @@ def test_sequence_by_hand():
     # decay = mean(0, 1) - 0 = 0.5.
     # J-Mean = (3/7 + 1/3) / 2 = 8/21; F-Mean = (3/5 + 1/3) / 2 = 7/15;
     # J&F = (8/21 + 7/15) / 2 = (40 + 49) / 210 = 89/210.
-    expected = {"J&F-Mean": 89 / 210, "J-Mean": 8 / 21, "J-Recall": 1 / 6, "J-Decay": 0.25,
-                "F-Mean": 7 / 15, "F-Recall": 2 / 3, "F-Decay": 0.25}
+    expected = {
+        "J&F-Mean": 89 / 210,
+        "J-Mean": 8 / 21,
+        "J-Recall": 1 / 6,
+        "J-Decay": 0.25,
+        "F-Mean": 7 / 15,
+        "F-Recall": 2 / 3,
+        "F-Decay": 0.25,
+    }
     assert list(metrics) == list(METRIC_NAMES)
     for name, value in expected.items():
         assert metrics[name] == pytest.approx(value), name
@@ -128,12 +136,17 @@ def test_void_in_the_ground_truth_is_background():
     assert evaluate_davis([("seq", gt, np.where(gt == 255, 0, gt))]).metrics["J-Mean"] == 1.0
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda gt, pred: (gt, pred[:, :10]), "video 'seq': predicted masks (5, 10, 20) != ground"),
-    (lambda gt, pred: (gt[:2], pred[:2]), "video 'seq': 2 annotated frames"),
-    (lambda gt, pred: (gt, np.where(pred == 1, 3, pred)),
-     r"video 'seq': predicted ids \[3\] are not objects of the first frame \[1, 2\]"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda gt, pred: (gt, pred[:, :10]), "video 'seq': predicted masks (5, 10, 20) != ground"),
+        (lambda gt, pred: (gt[:2], pred[:2]), "video 'seq': 2 annotated frames"),
+        (
+            lambda gt, pred: (gt, np.where(pred == 1, 3, pred)),
+            r"video 'seq': predicted ids \[3\] are not objects of the first frame \[1, 2\]",
+        ),
+    ],
+)
 def test_bad_sequences(change, message):
     gt, pred = change(*sequence())
     with pytest.raises(EvalInputError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
@@ -167,8 +180,9 @@ def test_files(tmp_path):
     metrics = evaluate_davis_files(tmp_path / "davis", tmp_path / "pred").metrics
     assert metrics["J&F-Mean"] == pytest.approx(89 / 210)
     (tmp_path / "pred/seq/00002.png").unlink()
-    with pytest.raises(EvalInputError, match="00002.png: prediction for frame 00002 of video "
-                                             "'seq' is missing"):
+    with pytest.raises(
+        EvalInputError, match="00002.png: prediction for frame 00002 of video 'seq' is missing"
+    ):
         evaluate_davis_files(tmp_path / "davis", tmp_path / "pred")
     write_palette_png(tmp_path / "pred/seq/00002.png", np.zeros((10, 10), np.uint8))
     with pytest.raises(EvalInputError, match=r"mask size \[10, 10\] != ground truth size"):
@@ -187,7 +201,8 @@ def test_empty_prediction_folder_scores_zero(tmp_path):
 
 def test_agrees_with_vos_benchmark(tmp_path):
     benchmark = pytest.importorskip(
-        "vos_benchmark.benchmark", reason="vos-benchmark (dev dependency) is not installed")
+        "vos_benchmark.benchmark", reason="vos-benchmark (dev dependency) is not installed"
+    )
     rng = np.random.default_rng(0)
     height, width, frames = 60, 90, 7
     yy, xx = np.mgrid[:height, :width]
@@ -207,8 +222,12 @@ def test_agrees_with_vos_benchmark(tmp_path):
     write_davis(tmp_path / "davis", gts)
     write_predictions(tmp_path / "pred", preds)
     ours = evaluate_davis_files(tmp_path / "davis", tmp_path / "pred").metrics
-    jf, j, f, _ = benchmark.benchmark([str(tmp_path / "davis/Annotations/480p")],
-                                      [str(tmp_path / "pred")], num_processes=1, verbose=False)
+    jf, j, f, _ = benchmark.benchmark(
+        [str(tmp_path / "davis/Annotations/480p")],
+        [str(tmp_path / "pred")],
+        num_processes=1,
+        verbose=False,
+    )
     assert 0.2 < ours["J&F-Mean"] < 0.8
     # vos-benchmark reports percentages.
     assert ours["J&F-Mean"] == pytest.approx(jf[0] / 100, abs=1e-3)

@@ -22,7 +22,7 @@ def random_masks(count: int, seed: int = 0):
         height, width = (int(v) for v in rng.integers(1, 120, 2))
         if k % 3 == 0:  # one block: long runs, several characters per number
             mask = np.zeros((height, width), dtype=np.uint8)
-            mask[rng.integers(0, height):, rng.integers(0, width):] = 1
+            mask[rng.integers(0, height) :, rng.integers(0, width) :] = 1
         else:  # noise: many short runs, negative deltas
             mask = (rng.random((height, width)) < rng.random()).astype(np.uint8)
         yield mask
@@ -45,18 +45,21 @@ def test_batched_totals_across_chunk_boundaries():
         assert run_totals(strings, chunk_chars=chunk).tolist() == expected
 
 
-@pytest.mark.parametrize("counts", [
-    "0000",  # runs of 0: nothing covered
-    "P1370000",  # too short for 10 x 10
-    "P13700000l1",  # too long for 10 x 10
-    "P137\x7f",  # a character outside the alphabet
-    "P137é",  # not ASCII
-    "P1o",  # cut off in the middle of a number
-    "",
-    [50, 40],  # uncompressed, 90 of 100 pixels
-    [50, -10, 60],  # a negative run
-    [50, 50.0],  # not integers
-])
+@pytest.mark.parametrize(
+    "counts",
+    [
+        "0000",  # runs of 0: nothing covered
+        "P1370000",  # too short for 10 x 10
+        "P13700000l1",  # too long for 10 x 10
+        "P137\x7f",  # a character outside the alphabet
+        "P137é",  # not ASCII
+        "P1o",  # cut off in the middle of a number
+        "",
+        [50, 40],  # uncompressed, 90 of 100 pixels
+        [50, -10, 60],  # a negative run
+        [50, 50.0],  # not integers
+    ],
+)
 def test_malformed_counts_are_refused(counts):
     with pytest.raises(EvalInputError, match=r"^entry 3: malformed RLE"):
         checked_rle({"size": [10, 10], "counts": counts}, (10, 10), "entry 3")
@@ -66,19 +69,25 @@ def test_good_counts_in_every_form_are_accepted():
     mask = np.zeros((10, 10), dtype=np.uint8, order="F")
     mask[2:5, 3:7] = 1
     rle = mask_utils.encode(mask)
-    forms = [rle, {"size": [10, 10], "counts": rle["counts"].decode()},
-             {"size": (10, 10), "counts": runs_of(mask)}]
+    forms = [
+        rle,
+        {"size": [10, 10], "counts": rle["counts"].decode()},
+        {"size": (10, 10), "counts": runs_of(mask)},
+    ]
     for checked in checked_rles(forms, [(10, 10)] * 3, lambda i: f"#{i}"):
         assert isinstance(checked["counts"], bytes)
         assert int(mask_utils.area(checked)) == 12
 
 
-@pytest.mark.parametrize(("seg", "message"), [
-    ({"size": [10, 12], "counts": "PQ3"}, "x: RLE size [10, 12] != image size [10, 10]"),
-    ({"size": [10], "counts": "PQ3"}, "x: RLE size [10] is not [height, width]"),
-    ({"counts": "PQ3"}, "x: segmentation is not an RLE"),
-    ({"size": [10, 10], "counts": 5}, "x: RLE counts must be a string or a list"),
-])
+@pytest.mark.parametrize(
+    ("seg", "message"),
+    [
+        ({"size": [10, 12], "counts": "PQ3"}, "x: RLE size [10, 12] != image size [10, 10]"),
+        ({"size": [10], "counts": "PQ3"}, "x: RLE size [10] is not [height, width]"),
+        ({"counts": "PQ3"}, "x: segmentation is not an RLE"),
+        ({"size": [10, 10], "counts": 5}, "x: RLE counts must be a string or a list"),
+    ],
+)
 def test_shape_problems_are_named(seg, message):
     with pytest.raises(EvalInputError, match="^" + message.replace("[", r"\[").replace("]", r"\]")):
         checked_rle(seg, (10, 10), "x", size_name="image")

@@ -31,8 +31,9 @@ def id_map(*regions):
 
 # Ground truth: a person (id 1) on the top-left 10x10, sky (id 2) on the bottom half (200
 # pixels), the top-right 10x10 void.
-GT = Segments(id_map((1, slice(0, 10), slice(0, 10)), (2, slice(10, 20), slice(None))),
-              {1: PERSON, 2: SKY})
+GT = Segments(
+    id_map((1, slice(0, 10), slice(0, 10)), (2, slice(10, 20), slice(None))), {1: PERSON, 2: SKY}
+)
 
 
 def pq(pred: Segments, gt: Segments = GT) -> dict[str, float]:
@@ -48,8 +49,10 @@ def test_known_iou_with_void_left_out_of_the_union():
     # Person moved 2 columns right: overlap 10 x 8 = 80; 20 of its 100 pixels fall on void and
     # are left out of the union: U = 100 + 100 - 80 - 20 = 100, IoU = 0.8 (0.67 with void).
     # Things: SQ = 0.8, RQ = 1, PQ = 0.8. Stuff perfect. All: PQ = (0.8 + 1) / 2 = 0.9.
-    pred = Segments(id_map((1, slice(0, 10), slice(2, 12)), (2, slice(10, 20), slice(None))),
-                    {1: PERSON, 2: SKY})
+    pred = Segments(
+        id_map((1, slice(0, 10), slice(2, 12)), (2, slice(10, 20), slice(None))),
+        {1: PERSON, 2: SKY},
+    )
     metrics = pq(pred)
     assert (metrics["PQ_th"], metrics["SQ_th"], metrics["RQ_th"]) == pytest.approx((0.8, 0.8, 1))
     assert metrics["PQ_st"] == pytest.approx(1.0)
@@ -63,8 +66,9 @@ def test_missed_object_and_iou_of_exactly_half():
     assert (metrics["PQ_th"], metrics["RQ_th"], metrics["PQ"]) == pytest.approx((0, 0, 0.5))
     # Half the person: I = 50, U = 100, IoU = 0.5 is not "over 0.5": no match, so one FP and
     # one FN for person, PQ_th = 0.
-    half = Segments(id_map((1, slice(0, 10), slice(0, 5)), (2, slice(10, 20), slice(None))),
-                    {1: PERSON, 2: SKY})
+    half = Segments(
+        id_map((1, slice(0, 10), slice(0, 5)), (2, slice(10, 20), slice(None))), {1: PERSON, 2: SKY}
+    )
     assert pq(half)["PQ_th"] == 0.0
 
 
@@ -72,10 +76,16 @@ def test_false_positive():
     # A car (25 pixels) painted over the sky: car FP (PQ 0); person perfect (1); sky keeps 175
     # of 200 pixels, IoU 0.875. Things: (1 + 0) / 2 = 0.5; stuff 0.875;
     # all: (1 + 0 + 0.875) / 3 = 0.625.
-    pred = Segments(id_map((1, slice(0, 10), slice(0, 10)), (2, slice(10, 20), slice(None)),
-                           (3, slice(15, 20), slice(0, 5))), {1: PERSON, 2: SKY, 3: CAR})
+    pred = Segments(
+        id_map(
+            (1, slice(0, 10), slice(0, 10)),
+            (2, slice(10, 20), slice(None)),
+            (3, slice(15, 20), slice(0, 5)),
+        ),
+        {1: PERSON, 2: SKY, 3: CAR},
+    )
     metrics = pq(pred)
-    assert (metrics["PQ_th"], metrics["SQ_th"], metrics["RQ_th"]) == pytest.approx((.5, .5, .5))
+    assert (metrics["PQ_th"], metrics["SQ_th"], metrics["RQ_th"]) == pytest.approx((0.5, 0.5, 0.5))
     assert metrics["PQ_st"] == pytest.approx(0.875)
     assert metrics["PQ"] == pytest.approx(0.625)
 
@@ -90,8 +100,9 @@ def test_prediction_on_void_is_not_a_false_positive():
 def test_crowd_region():
     # A crowd of cars on the top-right: never a false negative, and a car prediction lying
     # more than half on it is not a false positive. A person there is (other category).
-    gt = Segments(GT.ids + id_map((3, slice(0, 10), slice(10, 20))),
-                  {1: PERSON, 2: SKY, 3: CAR}, {3: True})
+    gt = Segments(
+        GT.ids + id_map((3, slice(0, 10), slice(10, 20))), {1: PERSON, 2: SKY, 3: CAR}, {3: True}
+    )
     car = Segments(GT.ids + id_map((3, slice(0, 10), slice(12, 20))), {1: PERSON, 2: SKY, 3: CAR})
     assert pq(car, gt)["PQ"] == pytest.approx(1.0)
     person = Segments(car.ids, {1: PERSON, 2: SKY, 3: PERSON})
@@ -103,13 +114,24 @@ def test_empty_prediction_list_scores_zero():
     assert all(v == 0.0 for v in evaluate_panoptic([], CATEGORIES).metrics.values())
 
 
-@pytest.mark.parametrize(("pred", "message"), [
-    (Segments(GT.ids, {1: PERSON}), "image 1: segment id 2 is in the PNG but not in segments_info"),
-    (Segments(GT.ids, {1: PERSON, 2: SKY, 5: CAR}),
-     "image 1: segment 5 is in segments_info but not in the PNG"),
-    (Segments(GT.ids, {1: PERSON, 2: 99}), "image 1: segment 2 has category_id 99, which is not"),
-    (Segments(GT.ids[:10], {1: PERSON, 2: SKY}), "image 1: PNG size [10, 20] != image size"),
-])
+@pytest.mark.parametrize(
+    ("pred", "message"),
+    [
+        (
+            Segments(GT.ids, {1: PERSON}),
+            "image 1: segment id 2 is in the PNG but not in segments_info",
+        ),
+        (
+            Segments(GT.ids, {1: PERSON, 2: SKY, 5: CAR}),
+            "image 1: segment 5 is in segments_info but not in the PNG",
+        ),
+        (
+            Segments(GT.ids, {1: PERSON, 2: 99}),
+            "image 1: segment 2 has category_id 99, which is not",
+        ),
+        (Segments(GT.ids[:10], {1: PERSON, 2: SKY}), "image 1: PNG size [10, 20] != image size"),
+    ],
+)
 def test_bad_predictions_are_named(pred, message):
     with pytest.raises(EvalInputError, match="^" + re.escape(message)):
         pq(pred)
@@ -123,9 +145,16 @@ def write_gt(folder):
     images = []
     for image_id, ids in ((1, GT.ids), (2, np.roll(GT.ids, 3, axis=0))):
         write_panoptic_png(png_root / f"{image_id}.png", ids)
-        images.append(PanopticImage(image_id, f"{image_id}.jpg", SIZE, SIZE,
-                                    png_root / f"{image_id}.png",
-                                    segments_from_ids(ids, {1: PERSON, 2: SKY})))
+        images.append(
+            PanopticImage(
+                image_id,
+                f"{image_id}.jpg",
+                SIZE,
+                SIZE,
+                png_root / f"{image_id}.png",
+                segments_from_ids(ids, {1: PERSON, 2: SKY}),
+            )
+        )
     write_coco_panoptic(folder / "panoptic_val.json", images, categories, png_root)
 
 
@@ -137,8 +166,11 @@ def write_predictions(folder, annotations, pngs):
 
 
 def prediction(image_id, segments=((1, PERSON), (2, SKY))):
-    return {"image_id": image_id, "file_name": f"{image_id}.png",
-            "segments_info": [{"id": i, "category_id": c} for i, c in segments]}
+    return {
+        "image_id": image_id,
+        "file_name": f"{image_id}.png",
+        "segments_info": [{"id": i, "category_id": c} for i, c in segments],
+    }
 
 
 def test_files(tmp_path):
@@ -179,5 +211,6 @@ def test_id_lookup_with_and_without_the_modulo_table():
         index = _index_of(id_map, ids, "unknown {}")
         np.testing.assert_array_equal(np.array(ids)[index], id_map)
         with pytest.raises(EvalInputError, match="^unknown 999999$"):
-            _index_of(np.where(id_map == ids[1], 999999, id_map).astype(np.uint32), ids,
-                      "unknown {}")
+            _index_of(
+                np.where(id_map == ids[1], 999999, id_map).astype(np.uint32), ids, "unknown {}"
+            )

@@ -46,8 +46,12 @@ def tracks(entries, videos=VIDEOS):
 
 
 def result(video_id, masks, score=1.0, category_id=1):
-    return {"video_id": video_id, "category_id": category_id, "score": score,
-            "segmentations": masks}
+    return {
+        "video_id": video_id,
+        "category_id": category_id,
+        "score": score,
+        "segmentations": masks,
+    }
 
 
 def ap(gt_entries, pred_entries, **kwargs):
@@ -58,8 +62,11 @@ def ap(gt_entries, pred_entries, **kwargs):
 
 
 def test_perfect_prediction_scores_one():
-    gt = [result(1, [SQUARE_A, SQUARE_A, None]), result(1, [None, SQUARE_B, SQUARE_B], 1.0, 2),
-          result(2, [SQUARE_B, SQUARE_B, SQUARE_A])]
+    gt = [
+        result(1, [SQUARE_A, SQUARE_A, None]),
+        result(1, [None, SQUARE_B, SQUARE_B], 1.0, 2),
+        result(2, [SQUARE_B, SQUARE_B, SQUARE_A]),
+    ]
     metrics = ap(gt, [dict(e, score=0.9) for e in gt])
     for name in ("AP", "AP50", "AP75", "AP_small", "AR1", "AR10", "AR100", "AR_small"):
         assert metrics[name] == pytest.approx(1.0), name
@@ -110,8 +117,14 @@ def test_track_that_swaps_objects_midway_matches_neither():
     # the other prediction and B. No match at any threshold: AP = AR = 0.
     videos = {1: Video(1, 4, SIZE, SIZE)}
     gt = parse_results([result(1, [SQUARE_A] * 4), result(1, [SQUARE_B] * 4)], videos, {1})
-    pred = parse_results([result(1, [SQUARE_A, SQUARE_A, SQUARE_B, SQUARE_B], 0.9),
-                          result(1, [SQUARE_B, SQUARE_B, SQUARE_A, SQUARE_A], 0.8)], videos, {1})
+    pred = parse_results(
+        [
+            result(1, [SQUARE_A, SQUARE_A, SQUARE_B, SQUARE_B], 0.9),
+            result(1, [SQUARE_B, SQUARE_B, SQUARE_A, SQUARE_A], 0.8),
+        ],
+        videos,
+        {1},
+    )
     ious, _, _ = track_ious(pred, gt, videos[1])
     np.testing.assert_allclose(ious, [[1 / 3, 1 / 3], [1 / 3, 1 / 3]])
     metrics = evaluate_vis(gt, pred, videos, [1]).metrics
@@ -151,8 +164,11 @@ def test_crowd_ground_truth_absorbs_detections_without_false_positives():
     gt = [result(1, [SQUARE_A] * 3), dict(result(1, [SQUARE_B] * 3), iscrowd=True)]
     # The two detections on the crowd region are ignored, not false positives; even ranked
     # first they leave AP = 1. Without the crowd flag they would be false positives.
-    pred = [result(1, [SQUARE_B] * 3, 0.95), result(1, [SQUARE_B] * 3, 0.9),
-            result(1, [SQUARE_A] * 3, 0.5)]
+    pred = [
+        result(1, [SQUARE_B] * 3, 0.95),
+        result(1, [SQUARE_B] * 3, 0.9),
+        result(1, [SQUARE_A] * 3, 0.5),
+    ]
     assert ap(gt, pred)["AP"] == pytest.approx(1.0)
     assert ap([gt[0]], pred)["AP"] == pytest.approx(1 / 3)
 
@@ -168,34 +184,61 @@ def test_single_frame_videos_equal_pycocotools_mask_ap():
         for _ in range(rng.integers(0, 4)):
             y, x = rng.integers(0, height - 8), rng.integers(0, width - 8)
             mask = np.zeros((height, width), dtype=np.uint8)
-            mask[y:y + rng.integers(4, 50), x:x + rng.integers(4, 60)] = 1
+            mask[y : y + rng.integers(4, 50), x : x + rng.integers(4, 60)] = 1
             category = int(rng.choice(categories))
             rle = encode_mask(mask)
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": category, "segmentation": rle,
-                                "area": float(mask.sum()), "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "segmentation": rle,
+                    "area": float(mask.sum()),
+                    "iscrowd": 0,
+                }
+            )
             gt.append(result(image_id, [rle], 1.0, category))
             for _ in range(rng.integers(0, 3)):  # near copies, sometimes mislabelled
                 moved = np.roll(mask, tuple(rng.integers(-3, 4, 2)), axis=(0, 1))
                 label = category if rng.random() < 0.8 else int(rng.choice(categories))
                 pred.append(result(image_id, [encode_mask(moved)], float(rng.random()), label))
         if rng.random() < 0.5:  # a false positive
-            pred.append(result(image_id, [corner_square(height, width)], float(rng.random()),
-                               int(rng.choice(categories))))
-    results = [{"image_id": r["video_id"], "category_id": r["category_id"],
-                "score": r["score"], "segmentation": r["segmentations"][0]} for r in pred]
+            pred.append(
+                result(
+                    image_id,
+                    [corner_square(height, width)],
+                    float(rng.random()),
+                    int(rng.choice(categories)),
+                )
+            )
+    results = [
+        {
+            "image_id": r["video_id"],
+            "category_id": r["category_id"],
+            "score": r["score"],
+            "segmentation": r["segmentations"][0],
+        }
+        for r in pred
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
-        coco.dataset = {"images": images, "annotations": annotations,
-                        "categories": [{"id": c} for c in categories]}
+        coco.dataset = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": c} for c in categories],
+        }
         coco.createIndex()
         reference = COCOeval(coco, coco.loadRes(results), "segm")
         reference.evaluate()
         reference.accumulate()
         reference.summarize()
-    ours = evaluate_vis(parse_results(gt, videos, set(categories)),
-                        parse_results(pred, videos, set(categories)), videos, categories,
-                        area_ranges=COCO_AREA_RANGES).metrics
+    ours = evaluate_vis(
+        parse_results(gt, videos, set(categories)),
+        parse_results(pred, videos, set(categories)),
+        videos,
+        categories,
+        area_ranges=COCO_AREA_RANGES,
+    ).metrics
     assert 0.2 < ours["AP"] < 0.9  # a case with something to get right
     np.testing.assert_allclose(list(ours.values()), reference.stats, atol=1e-12)
 
@@ -206,23 +249,34 @@ def corner_square(height, width):
     return encode_mask(mask)
 
 
-@pytest.mark.parametrize(("entry", "message"), [
-    (result(17, [SQUARE_A] * 3), "result #1: video_id 17 is not in the ground truth"),
-    (result(1, [SQUARE_A] * 3, category_id=9), "result #1: category_id 9 is not in the ground"),
-    (result(1, [SQUARE_A, box(0, 0, 5, 5, size=10), None]),
-     "result #1 frame 1: RLE size [10, 10] != video size [20, 20]"),
-    (result(1, [SQUARE_A, None, {"size": [20, 20], "counts": "0000"}]),
-     "result #1 frame 2: malformed RLE"),
-    (result(1, [SQUARE_A, None, {"size": [20, 20], "counts": SQUARE_A["counts"][:-2]}]),
-     "result #1 frame 2: malformed RLE"),
-    (result(1, [{"size": [20, 20], "counts": [10, 20]}, None, None]),
-     "result #1 frame 0: malformed RLE"),
-    (result(1, [[1, 2, 3], None, None]), "result #1 frame 0: segmentation is not an RLE"),
-    (result(1, [SQUARE_A] * 2), "result #1: 2 segmentations for video 1, which has 3 frames"),
-    (result(1, [SQUARE_A] * 3, score=float("nan")), "result #1: score nan is not a finite"),
-    ({"video_id": 1, "score": 1.0, "segmentations": []}, "result #1: missing 'category_id'"),
-    ("oops", "result #1: expected an object"),
-])
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (result(17, [SQUARE_A] * 3), "result #1: video_id 17 is not in the ground truth"),
+        (result(1, [SQUARE_A] * 3, category_id=9), "result #1: category_id 9 is not in the ground"),
+        (
+            result(1, [SQUARE_A, box(0, 0, 5, 5, size=10), None]),
+            "result #1 frame 1: RLE size [10, 10] != video size [20, 20]",
+        ),
+        (
+            result(1, [SQUARE_A, None, {"size": [20, 20], "counts": "0000"}]),
+            "result #1 frame 2: malformed RLE",
+        ),
+        (
+            result(1, [SQUARE_A, None, {"size": [20, 20], "counts": SQUARE_A["counts"][:-2]}]),
+            "result #1 frame 2: malformed RLE",
+        ),
+        (
+            result(1, [{"size": [20, 20], "counts": [10, 20]}, None, None]),
+            "result #1 frame 0: malformed RLE",
+        ),
+        (result(1, [[1, 2, 3], None, None]), "result #1 frame 0: segmentation is not an RLE"),
+        (result(1, [SQUARE_A] * 2), "result #1: 2 segmentations for video 1, which has 3 frames"),
+        (result(1, [SQUARE_A] * 3, score=float("nan")), "result #1: score nan is not a finite"),
+        ({"video_id": 1, "score": 1.0, "segmentations": []}, "result #1: missing 'category_id'"),
+        ("oops", "result #1: expected an object"),
+    ],
+)
 def test_bad_result_entries_are_named(entry, message):
     with pytest.raises(EvalInputError, match="^" + re.escape(message)):
         tracks([result(1, [SQUARE_A] * 3), entry])
