@@ -79,6 +79,13 @@ class TrainRun:
     model_overrides: dict = field(default_factory=dict)  # fields of the family's small config
     show_progress: bool = True
 
+    def hold_out(self, videos: list) -> tuple[list, list]:
+        """(training, validation) videos when no --val set is given: the last val_videos,
+        or none when that would leave nothing to train on."""
+        held = self.val_videos if len(videos) > self.val_videos else 0
+        cut = len(videos) - held
+        return videos[:cut], videos[cut:]
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)

@@ -135,9 +135,8 @@ def _split(cfg: VisTrainConfig, data: YtvisDataset) -> tuple[set[int], tuple]:
         if set(val.categories.items()) != set(data.categories.items()):
             raise ValueError(f"{ann}: categories differ from the training set's")
         return set(data.videos), (val, list(val.videos))
-    ids = sorted(data.videos)
-    held = ids[-cfg.val_videos :] if len(ids) > cfg.val_videos else []
-    return set(ids) - set(held), (data, held)
+    train_ids, held = cfg.hold_out(sorted(data.videos))
+    return set(train_ids), (data, held)
 
 
 def _loss_fn(model: MaskTrackRCNN):

@@ -250,6 +250,4 @@ def _split(cfg: VosTrainConfig, data: DavisDataset) -> tuple[list[DavisVideo], l
     if cfg.val is not None:
         val_root = locate_davis(cfg.val, cfg.val_split)
         return data.videos, load_davis(val_root, cfg.val_split).videos
-    held = cfg.val_videos if len(data.videos) > cfg.val_videos else 0
-    cut = len(data.videos) - held
-    return data.videos[:cut], data.videos[cut:]
+    return cfg.hold_out(data.videos)

@@ -75,3 +75,18 @@ def test_cli_reports_a_missing_dataset(tmp_path):
         timeout=120,
     )
     assert result.returncode == 2 and "no train.json" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("val_videos", "train", "held"),
+    [
+        (0, [1, 2, 3], []),
+        (1, [1, 2], [3]),
+        (2, [1], [2, 3]),
+        (3, [1, 2, 3], []),
+        (5, [1, 2, 3], []),
+    ],
+)
+def test_hold_out_keeps_videos_to_train_on(tmp_path, val_videos, train, held):
+    # --val-videos 0 once held out every video (ids[-0:] is the whole list).
+    assert config(tmp_path, tmp_path, val_videos=val_videos).hold_out([1, 2, 3]) == (train, held)
