@@ -17,7 +17,11 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import (
+    FastRCNNConvFCHead,
+    FastRCNNPredictor,
+    TwoMLPHead,
+)
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import maskrcnn_inference
@@ -32,6 +36,7 @@ from models.vis.track_head import TrackEmbedHead
 
 FAMILY = "vis"
 BOX_ROI_SIZE = 7  # torchvision's box RoIAlign output, also the track head's
+GROUP_NORM_GROUPS = 16
 
 
 class MaskTrackRCNN(nn.Module):
@@ -220,6 +225,23 @@ def _select(per_image: list[Tensor], keep: list[Tensor]) -> list[Tensor]:
     return [values[mask] for values, mask in zip(per_image, keep, strict=True)]
 
 
+def _box_head(config: VisConfig, channels: int) -> nn.Module:
+    if config.box_head_convs == 0:
+        return TwoMLPHead(channels * BOX_ROI_SIZE**2, config.box_head_dim)
+    return FastRCNNConvFCHead(
+        (channels, BOX_ROI_SIZE, BOX_ROI_SIZE),
+        [channels] * config.box_head_convs,
+        [config.box_head_dim],
+        norm_layer=_group_norm,
+    )
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    # Group norm, not batch norm: a head's statistics then never depend on what else is in the
+    # batch, so a frame's detections are the same alone or batched with other streams.
+    return nn.GroupNorm(min(GROUP_NORM_GROUPS, channels), channels)
+
+
 def _torchvision_mask_rcnn(config: VisConfig) -> MaskRCNN:
     """A torchvision MaskRCNN with our backbone, heads and thresholds.
 
@@ -253,7 +275,7 @@ def _torchvision_mask_rcnn(config: VisConfig) -> MaskRCNN:
         rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
         rpn_nms_thresh=config.rpn_nms_thresh,
         rpn_batch_size_per_image=config.rpn_batch_size_per_image,
-        box_head=TwoMLPHead(channels * BOX_ROI_SIZE**2, config.box_head_dim),
+        box_head=_box_head(config, channels),
         box_predictor=FastRCNNPredictor(config.box_head_dim, classes_with_background),
         box_score_thresh=config.box_score_thresh,
         box_nms_thresh=config.box_nms_thresh,

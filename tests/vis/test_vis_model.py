@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from vis_fixtures import HEIGHT, WIDTH, tiny_config, two_rectangle_sample
 
 from models.checkpoints import build_model
@@ -68,12 +69,23 @@ def test_track_embeddings_are_reference_dot_products_or_scaled_cosines():
 def test_cosine_track_embeddings_are_a_manifest_setting_and_old_manifests_keep_the_reference():
     config = VisConfig.small(track_cosine_scale=16.0)
     assert VisConfig.from_dict(config.to_dict()) == config
-    assert VisConfig().track_cosine_scale == 0.0 and VisConfig.small().track_cosine_scale == 0.0
+    assert VisConfig().track_cosine_scale == 0.0 and VisConfig.small().track_cosine_scale == 16.0
     # A manifest written before the field existed builds the reference head.
     old = {k: v for k, v in config.to_dict().items() if k != "track_cosine_scale"}
     assert VisConfig.from_dict(old).track_cosine_scale == 0.0
     with pytest.raises(ValueError, match="track_cosine_scale"):
         VisConfig(track_cosine_scale=-1.0)
+
+
+def test_box_head_is_the_reference_mlp_or_convs_with_group_norm():
+    small = VisConfig.small()
+    assert VisConfig().box_head_convs == 0 and small.box_head_convs == 4
+    convs = build_masktrack_rcnn(tiny_config(box_head_convs=2)).roi_heads.box_head
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in convs.modules()) == 2
+    assert isinstance(build_masktrack_rcnn(VisConfig()).roi_heads.box_head, TwoMLPHead)
+    # A manifest written before the field existed builds the reference head.
+    old = {k: v for k, v in small.to_dict().items() if k != "box_head_convs"}
+    assert VisConfig.from_dict(old).box_head_convs == 0
 
 
 def test_vis_family_is_registered_for_checkpoints():
