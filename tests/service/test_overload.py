@@ -15,6 +15,8 @@ from tests.service.test_grpc import png
 from tests.service.test_rest import post
 
 CAPACITY = 2  # sessions: 16 frames in flight, windows of 8
+STORMS = 5
+RSS_MARGIN = 160 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def rss_bytes(pid: int) -> int:
 def test_rest_excess_gets_429_and_accepted_requests_complete(small_server, video_file):
     data = video_file.read_bytes()
     rss = []
-    for _ in range(3):
+    for _ in range(STORMS):
         with ThreadPoolExecutor(4 * CAPACITY) as pool:
             answers = list(
                 pool.map(
@@ -61,8 +63,11 @@ def test_rest_excess_gets_429_and_accepted_requests_complete(small_server, video
             else:
                 assert len(response.json()["frames"]) == 8
         rss.append(rss_bytes(small_server.process.pid))
-    # Bounded: the third storm needs no more memory than the first two left behind.
-    assert rss[2] < rss[1] + 64 * 1024 * 1024, rss
+    # Bounded: the later storms need little more memory than the first two left behind. The
+    # margin allows for the allocator: with the 320x240 detector, RSS moved in one step of
+    # 115 MB between two storms on CI, and by -30..+65 MB from storm to storm here, without a
+    # trend. A leak that grows by more than ~55 MB a storm fails within the last three.
+    assert max(rss[2:]) < rss[1] + RSS_MARGIN, [r // 2**20 for r in rss]
 
 
 def test_grpc_excess_gets_resource_exhausted(small_server, video_file):
