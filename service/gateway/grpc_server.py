@@ -58,7 +58,7 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
             # Admitted: a client that waits for this before sending frames always sees the
             # true status of a refused stream (not a failed write).
             await context.send_initial_metadata((("vidserve-session", "accepted"),))
-            frames = _stream_frames(request_iterator, self.ctx, name, model.takes_prompt)
+            frames = _stream_frames(request_iterator, self.ctx, model)
             try:
                 async for result in run_session(
                     self.ctx.transport,
@@ -193,7 +193,7 @@ class _Reserved:
 
 
 async def _stream_frames(
-    requests, ctx: ServiceContext, model: str = "", takes_prompt: bool = False
+    requests, ctx: ServiceContext, model: ModelInfo
 ) -> AsyncIterator[InputFrame]:
     """Decode the stream's frames; the first frame fixes the size the others must have."""
     size = None
@@ -229,18 +229,18 @@ async def _stream_frames(
         time = frame.time if frame.HasField("time") else index / 25.0
         prompt = None
         if frame.prompts:
-            prompt = _frame_prompt(frame.prompts, index, (h, w), model, takes_prompt, prompted)
+            prompt = _frame_prompt(frame.prompts, index, (h, w), model, prompted)
             prompted |= set(prompt)
         yield InputFrame(index, time, image, prompt)
         count += 1
 
 
 def _frame_prompt(
-    prompts, index: int, size: tuple[int, int], model: str, takes_prompt: bool, known: set[int]
+    prompts, index: int, size: tuple[int, int], model: ModelInfo, known: set[int]
 ) -> dict[int, dict]:
     """A frame's ObjectPrompts as {object id: RLE}, checked as REST checks its prompts."""
-    if not takes_prompt:
-        raise bad_prompt(f"model '{model}' takes no prompt (frame {index})")
+    if not model.takes_prompt:
+        raise bad_prompt(f"model '{model.name}' takes no prompt (frame {index})")
     try:
         masks = masks_from_messages(prompts, known)
         check_size(masks, *size)

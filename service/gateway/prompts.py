@@ -193,8 +193,8 @@ async def attach_prompt(
     seen, attached = 0, False
     async for frame in frames:
         seen += 1
-        if prompt is not None and frame.index == prompt.frame_index:
-            frame.prompt, attached = prompt.for_frame(frame.index), True
+        if prompt is not None and (marked := prompt.for_frame(frame.index)) is not None:
+            frame.prompt, attached = marked, True
         yield frame
     if prompt is not None and not attached:
         raise prompt.not_in_video(seen)

@@ -28,6 +28,7 @@ from service.gateway.video_input import InputError, VideoLimits, decode_frames, 
 from service.queue.base import NoWorker
 from service.queue.messages import ErrorCode
 from service.schemas import FrameResult, SegmentResponse, summarize_tracks
+from service.worker.runner import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +286,7 @@ async def _answer(
 
 
 async def _read_prompt(
-    ctx: ServiceContext, info, png: UploadFile | None, rle: str | None, frame: int | None
+    ctx: ServiceContext, info: ModelInfo, png: UploadFile | None, rle: str | None, frame: int | None
 ) -> VideoPrompt | None:
     """The request's prompt, read and checked against the model (400 / 422 otherwise)."""
     data = None
