@@ -2,8 +2,11 @@
 #
 #   docker build -t vidserve .
 #   docker run -p 8000:8000 -p 50051:50051 vidserve                        # embedded service
-#   docker run vidserve vidserve worker --redis-url redis://redis:6379      # a worker
-#   docker run vidserve sh /app/deploy/train.sh --iters 500                 # a training run
+#   docker run -e VIDSERVE_WORKER_PORT=9100 vidserve vidserve worker --redis-url redis://redis:6379
+#   docker run --no-healthcheck vidserve sh /app/deploy/train.sh --iters 500    # a training run
+#
+# A worker serves /healthz on VIDSERVE_WORKER_PORT, which the HEALTHCHECK polls: without it set,
+# nothing listens and the container turns unhealthy. A training run is a job: no health to poll.
 #
 # Dependencies come from uv.lock only (`uv sync --frozen`). torch from PyPI carries its CUDA
 # libraries as wheels (nvidia-*), so the image uses a GPU wherever the container runtime exposes

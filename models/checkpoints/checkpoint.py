@@ -3,8 +3,10 @@
 Saving is atomic: both files are written and fsynced in a hidden temporary folder beside the
 target, which is then renamed into place, so a reader sees a whole checkpoint or none.
 Loading reads the weights once, checks their size and sha256 against the manifest, parses them
-(safetensors only: never pickle), rebuilds the model from the manifest's family + architecture
-and checks every name and shape before loading. Any problem is a CheckpointError naming the file.
+(safetensors only: never pickle), checks that every weight is finite, rebuilds the model from the
+manifest's family + architecture, checks every name and shape before loading, and runs the
+family's probe (one forward pass on a probe frame, every output finite: models.checkpoints.probe).
+Any problem is a CheckpointError naming the file.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 
 from models.checkpoints.errors import CheckpointError
 from models.checkpoints.manifest import MANIFEST_FILE, WEIGHTS_FILE, Manifest, utc_now_iso
+from models.checkpoints.probe import check_finite_weights, probe_model
 from models.checkpoints.registry import build_model
 
 _MAX_LISTED = 5  # names shown per kind of mismatch; the rest are counted
@@ -82,9 +85,14 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path | str, device: torch.device | str = "cpu", *, family: str | None = None
+    path: Path | str,
+    device: torch.device | str = "cpu",
+    *,
+    family: str | None = None,
+    probe: bool = True,
 ) -> LoadedCheckpoint:
-    """The verified model (eval mode, on `device`) and manifest of the checkpoint at `path`."""
+    """The verified model (eval mode, on `device`) and manifest of the checkpoint at `path`.
+    probe=False skips the probe forward pass (the weights are still checked to be finite)."""
     folder = Path(path)
     manifest = read_manifest(folder)
     if family is not None and manifest.family != family:
@@ -92,18 +100,24 @@ def load_checkpoint(
             folder / MANIFEST_FILE, f"family is {manifest.family!r}, expected {family!r}"
         )
     state = read_verified_weights(folder, manifest)
+    check_finite_weights(state, folder / WEIGHTS_FILE)
     model = _build(manifest, folder / MANIFEST_FILE)
     _raise_on_mismatch(_shapes(state), _shapes(model.state_dict()), folder / WEIGHTS_FILE)
     model.load_state_dict(state, strict=True)
-    return LoadedCheckpoint(model.to(device).eval(), manifest, folder)
+    model = model.to(device).eval()
+    if probe:
+        probe_model(model, manifest.family, folder / WEIGHTS_FILE)
+    return LoadedCheckpoint(model, manifest, folder)
 
 
 def verify_checkpoint(path: Path | str) -> Manifest:
     """Check a checkpoint without building the real model (cheap): the manifest, the weights'
-    size and sha256, and that names and shapes match the architecture. Returns the manifest."""
+    size and sha256, that they are finite, and that names and shapes match the architecture.
+    Returns the manifest."""
     folder = Path(path)
     manifest = read_manifest(folder)
     state = read_verified_weights(folder, manifest)
+    check_finite_weights(state, folder / WEIGHTS_FILE)
     _check_matches_architecture(
         state, manifest.family, manifest.architecture, folder / WEIGHTS_FILE
     )

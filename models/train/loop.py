@@ -176,10 +176,18 @@ def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
 
 
 def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Restore model and optimiser from a state file; returns the step to continue from."""
+    """Restore model and optimiser from a state file; returns the step to continue from.
+
+    A saved optimiser holds the rate of the step it stopped at (base x schedule factor); the
+    schedule's base is its groups' `initial_lr`. A state written before that was saved gets
+    the optimiser's configured rate as its base, not the scheduled one (which would compound
+    the schedule: a base of 1.0 resumed as 0.76)."""
+    configured = [group["lr"] for group in optimizer.param_groups]
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    for group, lr in zip(optimizer.param_groups, configured, strict=True):
+        group.setdefault("initial_lr", lr)
     return int(state["step"])
 
 
@@ -192,8 +200,12 @@ def run_loop(
     start_step: int = 0,
     description: str = "training",
 ) -> LoopResult:
-    """Train from `start_step` to `cfg.steps`, drawing one batch per step from `batches`."""
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    """Train from `start_step` to `cfg.steps`, drawing one batch per step from `batches`.
+
+    Step s runs at initial_lr x cosine_with_warmup(s): each group's `initial_lr` (set here from
+    its rate when absent, as torch's schedulers do) is the base, saved with the optimiser, so a
+    resumed run follows the same rates as one that never stopped."""
+    base_lrs = [g.setdefault("initial_lr", g["lr"]) for g in optimizer.param_groups]
     model.train()
     result = LoopResult(steps_done=start_step, seconds=0.0)
     started = time.monotonic()

@@ -221,6 +221,15 @@ def build_masktrack_rcnn(config: VisConfig | dict[str, Any] | None = None) -> Ma
     return MaskTrackRCNN(config).eval()
 
 
+def probe_masktrack_rcnn(model: MaskTrackRCNN) -> list[FrameDetections]:
+    """The family's load-time probe (models.checkpoints.probe): detect() on a noise frame of the
+    model's input size, every detection kept, so that the mask and track heads run too."""
+    from models.checkpoints.probe import probe_frame
+
+    frame = probe_frame(model.config.image_short_edge, model.config.image_long_edge)
+    return model.detect([frame.to(model.device)], min_score=0.0)
+
+
 def _select(per_image: list[Tensor], keep: list[Tensor]) -> list[Tensor]:
     return [values[mask] for values, mask in zip(per_image, keep, strict=True)]
 

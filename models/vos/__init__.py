@@ -14,6 +14,7 @@ from models.vos.checkpoint import (
     convert_official_state_dict,
     convert_official_stcn,
     load_official_stcn,
+    probe_stcn,
 )
 from models.vos.config import VosConfig
 from models.vos.inference import (
@@ -33,7 +34,7 @@ from models.vos.memory import MemoryBank, MemoryBudget, MemoryBudgetError
 from models.vos.network import STCN, KeyFeatures
 from models.vos.video import segment_video
 
-register_family(FAMILY, build_vos_model)
+register_family(FAMILY, build_vos_model, probe=probe_stcn)
 
 __all__ = [
     "FAMILY",

@@ -53,6 +53,26 @@ def build_vos_model(architecture: Mapping[str, Any] | VosConfig | None = None) -
     return STCN(config)
 
 
+PROBE_SHORT_EDGE = 240  # probe frames are small: what is checked is the numbers, not the size
+
+
+def probe_stcn(model: STCN) -> list:
+    """The family's load-time probe (models.checkpoints.probe): two noise frames through a
+    session prompted with a square on the first, so that the key and value encoders, the memory
+    read and the decoder all run."""
+    import numpy as np
+
+    from models.checkpoints.probe import probe_frame
+    from models.vos.video import segment_video
+
+    height = min(model.config.short_edge or PROBE_SHORT_EDGE, PROBE_SHORT_EDGE)
+    width = height * 4 // 3
+    mask = np.zeros((height, width), dtype=bool)
+    mask[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = True
+    frames = [probe_frame(height, width, seed).numpy() for seed in (0, 1)]
+    return list(segment_video(model, frames, {1: mask}))
+
+
 def load_official_stcn(path: Path | str, model: STCN | None = None) -> STCN:
     """The reference model (or `model`) with the weights of an official STCN .pth, in eval mode.
 

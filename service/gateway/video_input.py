@@ -75,7 +75,9 @@ def probe_video(path: Path, limits: VideoLimits) -> VideoProbe:
             422, "Empty video", "the video has no frames (it ends before its first frame)"
         ) from None
     except (av.FFmpegError, ValueError, OSError, StopIteration) as e:
-        raise InputError(422, "Undecodable video", f"the video cannot be decoded: {e}") from None
+        raise InputError(
+            422, "Undecodable video", f"the video cannot be decoded: {_reason(e, path)}"
+        ) from None
     if first is None:
         raise InputError(422, "Empty video", "the video has no frames")
     if first.width > limits.max_width or first.height > limits.max_height:
@@ -174,8 +176,18 @@ def iter_frames(
                 count += 1
     except av.FFmpegError as e:
         raise InputError(
-            422, "Undecodable video", f"decoding stopped after {count} frames: {e}"
+            422, "Undecodable video", f"decoding stopped after {count} frames: {_reason(e, path)}"
         ) from None
+
+
+def _reason(error: Exception, path: Path) -> str:
+    """What went wrong, in words a client may read: never the server's file names (PyAV's and
+    the OS's errors end with the path they could not read: our temporary file)."""
+    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    names = {str(path), path.name, str(getattr(error, "filename", "") or "")} - {""}
+    for name in sorted(names, key=len, reverse=True):  # a whole path before its last part
+        reason = reason.replace(f"'{name}'", "the upload").replace(name, "the upload")
+    return reason
 
 
 def _frame_time(frame, index: int, fps: float) -> float:

@@ -134,6 +134,8 @@ def test_official_weights_become_a_vos_checkpoint(tmp_path, official_like_state)
     manifest = convert_official_stcn(pth, tmp_path / "ckpt", version="official-1")
     assert manifest.family == "vos"
     assert VosConfig.from_dict(manifest.architecture) == VosConfig()
-    loaded = load_checkpoint(tmp_path / "ckpt", family="vos")
+    # Constant weights (1..251) are names and shapes, not a model: its forward pass overflows,
+    # which the probe would refuse, so only the files are checked here.
+    loaded = load_checkpoint(tmp_path / "ckpt", family="vos", probe=False)
     expected = official_like_state["key_proj.key_proj.weight"]
     assert torch.equal(loaded.model.key_proj.key_proj.weight, expected)
