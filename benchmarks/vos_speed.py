@@ -1,5 +1,5 @@
 """Frames per second of the shipped STCN through the worker's runner, for 1, 4 and 8 concurrent
-streams: each round is one run_batch with a frame of every stream, so one key-encoder pass serves
+streams: each round is one forward pass with a frame of every stream, so one key-encoder pass serves
 all streams, then each stream's memory step runs.
 
     uv run python benchmarks/vos_speed.py [--store checkpoints] [--warmup 80] [--frames 40]
@@ -27,7 +27,7 @@ from models.data.synthetic.export import generate_video  # noqa: E402
 from models.data.synthetic.world import WorldConfig  # noqa: E402
 from models.vos import VosSession, encode_key_batch  # noqa: E402
 from service.settings import SHIPPED_CHECKPOINTS  # noqa: E402
-from service.worker.runner import WorkItem  # noqa: E402
+from service.worker.runner import WorkItem, run_frames  # noqa: E402
 from service.worker.runners import load_runner_from_store  # noqa: E402
 
 WORLD = WorldConfig(width=320, height=240, frames=24)
@@ -53,7 +53,7 @@ def run_streams(runner, videos, warmup: int, timed: int) -> float:
         for k, ((frames, prompt), state) in enumerate(zip(videos, states, strict=True)):
             frame = frames[t % len(frames)]
             items.append(WorkItem(f"s{k}", t, t / 8, frame, state, prompt if t == 0 else None))
-        for result in runner.run_batch(items):
+        for result in run_frames(runner, items):
             if isinstance(result, Exception):
                 raise result
     seconds = time.perf_counter() - started

@@ -40,7 +40,7 @@ from models.data.video import write_mp4  # noqa: E402
 from service.gateway.grpc_gen import vidserve_pb2 as pb  # noqa: E402
 from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc  # noqa: E402
 from service.settings import SHIPPED_CHECKPOINTS  # noqa: E402
-from service.worker.runner import WorkItem  # noqa: E402
+from service.worker.runner import WorkItem, run_frames  # noqa: E402
 from service.worker.runners import load_runner_from_store  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def direct_fps(runner, frames: np.ndarray, streams: int, batch: int) -> float:
     started = time.perf_counter()
     for k in range(0, len(queue), batch):
         items = [WorkItem(str(s), t, t / 8, frames[t], states[s]) for s, t in queue[k : k + batch]]
-        runner.run_batch(items)
+        run_frames(runner, items)
     return len(queue) / (time.perf_counter() - started)
 
 
@@ -66,7 +66,7 @@ def direct_latencies(runner, frames: np.ndarray) -> list[float]:
     out = []
     for t, frame in enumerate(frames):
         started = time.perf_counter()
-        runner.run_batch([WorkItem("one", t, t / 8, frame, state)])
+        run_frames(runner, [WorkItem("one", t, t / 8, frame, state)])
         out.append(time.perf_counter() - started)
     return out
 
@@ -185,7 +185,7 @@ def main() -> None:
         video = video_path.read_bytes()
 
     runner = load_runner_from_store(SHIPPED_CHECKPOINTS, "masktrack", "cpu")
-    runner.run_batch([WorkItem("warm", 0, 0, decoded[0], runner.open_session({}))])
+    run_frames(runner, [WorkItem("warm", 0, 0, decoded[0], runner.open_session({}))])
     process, url, target = start_server(args.batch, args.streams)
     try:
         grpc_fps(target, encoded[:2], 1)  # warm up the server

@@ -5,11 +5,13 @@
 """
 
 import asyncio
+import importlib
 import json
 import logging
 import threading
 from pathlib import Path
 
+from models.checkpoints.manifest import MANIFEST_FILE, WEIGHTS_FILE
 from models.checkpoints.store import CheckpointStore
 from service.settings import Settings, resolve_device
 from service.worker.runners import load_runners
@@ -27,12 +29,27 @@ def worker_config(settings: Settings) -> WorkerConfig:
     )
 
 
+def install_plugins(worker: Worker, plugins: str) -> list[str]:
+    """Import the plugin modules (they register families and pipelines as they load) and install
+    the models they serve themselves; the names installed."""
+    installed = []
+    for module_name in filter(None, (name.strip() for name in plugins.split(","))):
+        module = importlib.import_module(module_name)
+        for runner in getattr(module, "runners", list)():
+            worker.install(runner)
+            installed.append(f"{runner.info.name}:{runner.info.version}")
+        log.info("plugin %s loaded", module_name)
+    return installed
+
+
 class ModelHost:
     """Keeps a worker serving the newest version of every model in the store.
 
     Polls the store (and, with Redis, also wakes on announcements); a new version is loaded
-    beside the running one and installed between batches; a broken one is refused with a log
-    line and the old version keeps serving.
+    beside the running one and installed between batches; a broken one (bad files, NaN weights,
+    a probe forward pass that is not finite: models.checkpoints.checkpoint) is refused with a log
+    line and the old version keeps serving. A refused version is tried again once its files
+    change (a version refused while half-written is picked up when complete).
     """
 
     def __init__(
@@ -49,7 +66,8 @@ class ModelHost:
         self.poll_s = poll_s
         self.redis_url = redis_url
         self.loaded: dict[tuple[str, str], str] = {}  # (family, name) -> version installed
-        self.refused: set[tuple[str, str, str]] = set()
+        # (family, name, version) -> the signature of its files when it was refused
+        self.refused: dict[tuple[str, str, str], tuple] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
 
@@ -58,15 +76,25 @@ class ModelHost:
         installed = []
         for (family, name), version in self.store.snapshot().items():
             key = (family, name)
-            if self.loaded.get(key) == version or (family, name, version) in self.refused:
+            if self.loaded.get(key) == version:
                 continue
             path = self.store.path(family, name, version)
+            signature = files_signature(path)
+            if self.refused.get((family, name, version)) == signature:
+                continue  # refused as it is now: wait for its files to change
             try:
                 runners = load_runners(path, name, self.device)
             except Exception as e:  # a broken checkpoint must not stop the serving one
-                log.error("refused checkpoint %s: %s", path, e)
-                self.refused.add((family, name, version))
+                kept = self.loaded.get(key)
+                log.error(
+                    "refused checkpoint %s: %s; %s",
+                    path,
+                    e,
+                    f"version {kept} keeps serving" if kept else "nothing serves it yet",
+                )
+                self.refused[(family, name, version)] = signature
                 continue
+            self.refused.pop((family, name, version), None)
             for runner in runners:
                 self.worker.install(runner)
                 installed.append(f"{runner.info.name}:{version}")
@@ -112,6 +140,20 @@ class ModelHost:
                 self._stop.wait(2.0)
 
 
+def files_signature(folder: Path) -> tuple:
+    """What changes when a checkpoint folder's files are written, replaced or completed: each
+    file's size, modification time and inode (None for a file not there)."""
+    signature = []
+    for name in (MANIFEST_FILE, WEIGHTS_FILE):
+        try:
+            stat = (folder / name).stat()
+        except OSError:
+            signature.append(None)
+        else:
+            signature.append((stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return tuple(signature)
+
+
 async def serve_embedded(settings: Settings, ready: threading.Event | None = None) -> None:
     """Gateways and worker in this process; returns when the server is stopped (Ctrl-C)."""
     from service.metrics import Metrics
@@ -122,7 +164,7 @@ async def serve_embedded(settings: Settings, ready: threading.Event | None = Non
     worker = Worker(transport, worker_config(settings), metrics)
     transport.attach(worker)
     host = ModelHost(worker, settings.checkpoint_store, settings.device, settings.reload_poll_s)
-    loaded = host.sync()
+    loaded = install_plugins(worker, settings.plugins) + host.sync()
     log.info("loaded %s from %s", ", ".join(loaded) or "no model", settings.checkpoint_store)
     threading.Thread(target=worker.run, daemon=True, name="worker").start()
     host.start()
@@ -145,7 +187,9 @@ def run_redis_worker(settings: Settings, stop: threading.Event | None = None) ->
     (or SIGTERM / Ctrl-C)."""
     from service.queue.redis_streams import RedisWorkerTransport
 
-    transport = RedisWorkerTransport(settings.redis_url)
+    transport = RedisWorkerTransport(
+        settings.redis_url, max_width=settings.max_width, max_height=settings.max_height
+    )
     metrics = None
     if settings.worker_port is not None:
         from service.metrics import Metrics
@@ -160,7 +204,7 @@ def run_redis_worker(settings: Settings, stop: threading.Event | None = None) ->
         settings.reload_poll_s,
         settings.redis_url,
     )
-    loaded = host.sync()
+    loaded = install_plugins(worker, settings.plugins) + host.sync()
     log.info("worker %s loaded %s", transport.worker_id, ", ".join(loaded) or "no model")
     health = None
     if metrics is not None:

@@ -1,6 +1,7 @@
 """The `vidserve` command line. Each command imports its heavy modules (torch, av) when it runs,
 so that `vidserve --help` answers at once."""
 
+import errno
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -151,14 +152,20 @@ def serve(
         device=device,
         redis_url=redis_url,
     )
-    if settings.redis_url:
-        from service.app import serve_redis_gateway
+    try:
+        if settings.redis_url:
+            from service.app import serve_redis_gateway
 
-        asyncio.run(serve_redis_gateway(settings))
-    else:
-        from service.app import serve_embedded
+            asyncio.run(serve_redis_gateway(settings))
+        else:
+            from service.app import serve_embedded
 
-        asyncio.run(serve_embedded(settings))
+            asyncio.run(serve_embedded(settings))
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            raise
+        logging.getLogger("service.cli").error("%s", e.strerror or e)  # a busy port: no traceback
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -250,12 +257,12 @@ def segment(
     from rich.progress import Progress
 
     from models.checkpoints.errors import CheckpointError
-    from service.gateway.davis_output import write_davis_pngs
     from service.gateway.prompts import read_video_prompt
     from service.gateway.video_input import InputError
     from service.local import segment_file, ytvis_results_of
     from service.worker.runner import OptionError
     from service.worker.runners import load_runner_from_store
+    from service.writers.davis import write_davis_pngs
 
     if not any((out, davis_out, ytvis_out, render)):
         raise typer.BadParameter(
@@ -277,6 +284,7 @@ def segment(
                 prompt.read_bytes() if prompt else None,
                 prompt_rle.read_text() if prompt_rle else None,
                 prompt_frame,
+                (settings.max_height, settings.max_width),
             )
             result = segment_file(
                 video,

@@ -6,10 +6,19 @@ results are what the service answers for the same file (and the same prompt, for
 
 from pathlib import Path
 
+from service.gateway.pipeline import reply_event
 from service.gateway.prompts import VideoPrompt
 from service.gateway.video_input import VideoLimits, iter_frames, probe_video
-from service.schemas import FrameResult, SegmentResponse, summarize_tracks
-from service.worker.runner import ModelRunner, WorkItem
+from service.schemas import Event, SegmentResponse, build_response
+from service.worker.runner import (
+    FrameOutput,
+    ModelInfo,
+    ModelRunner,
+    Output,
+    WorkItem,
+    run_frames,
+)
+from service.worker.worker import output_reply
 
 NO_LIMITS = VideoLimits(max_frames=10**9, max_width=10**6, max_height=10**6)
 
@@ -29,25 +38,17 @@ def segment_file(
         prompt.check_fits(probe.height, probe.width, stride, max_frames)
     state = runner.open_session(dict(options))
     step = 1 if runner.info.one_frame_per_batch and runner.stateful else batch_size
-    frames: list[FrameResult] = []
+    frames: list[Event] = []  # every event, as the service would stream them
     pending: list[WorkItem] = []
 
-    def keep(outputs) -> None:
+    def keep(outputs: list[Output]) -> None:
         for out in outputs:
-            frames.append(
-                FrameResult(
-                    frame_index=out.index,
-                    time=out.time,
-                    objects=out.objects,
-                    model=runner.info.name,
-                    model_version=runner.info.version,
-                )
-            )
-            if on_frame:
+            frames.append(output_event(out, runner.info))
+            if on_frame and isinstance(out, FrameOutput):
                 on_frame()
 
     def run(items: list[WorkItem]) -> None:
-        for outputs in runner.run_batch(items):
+        for outputs in run_frames(runner, items):
             if isinstance(outputs, Exception):
                 raise outputs
             keep(outputs)
@@ -72,14 +73,13 @@ def segment_file(
         keep(runner.flush(state))
     finally:
         runner.close_session(state)
-    return SegmentResponse(
-        model=runner.info.name,
-        model_version=runner.info.version,
+    return build_response(
+        frames,
         width=probe.width,
         height=probe.height,
         fps=probe.fps,
-        frames=frames,
-        tracks=summarize_tracks(frames),
+        model=runner.info.name,
+        model_version=runner.info.version,
     )
 
 
@@ -87,9 +87,14 @@ def ytvis_results_of(
     response: SegmentResponse, classes: tuple[str, ...], video_id: int = 1
 ) -> list[dict]:
     """The response as YouTube-VIS results entries (one per track); category ids are the
-    1-based positions in the model's class list, as in YouTube-VIS (ids 1..C)."""
-    from models.vis.video_inference import ytvis_results
+    1-based positions in the model's class list, as in YouTube-VIS (ids 1..C). Kept for its
+    callers: service.writers.ytvis.ytvis_results is the writer."""
+    from service.writers.ytvis import ytvis_results
 
-    per_frame = [[o.model_dump(mode="json") for o in f.objects] for f in response.frames]
-    category_ids = {name: k + 1 for k, name in enumerate(classes)}
-    return ytvis_results(per_frame, video_id, category_ids)
+    return ytvis_results(response, classes, video_id)
+
+
+def output_event(out: Output, info: ModelInfo) -> Event:
+    """A runner's output as the event the service answers for it: the worker's reply, read by
+    the gateway's code (one way from an output to an event)."""
+    return reply_event(output_reply("local", out, info, taken=False))

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     default_model: str = "masktrack"
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda:N'")
     reload_poll_s: float = Field(2.0, description="how often the store is checked for new versions")
+    plugins: str = Field(
+        "",
+        description="comma-separated Python modules imported at start: they register runner "
+        "families and pipelines, or serve models of their own (a `runners()` function)",
+    )
 
     # Gateways.
     host: str = "0.0.0.0"

@@ -1,6 +1,11 @@
 """Layers and helpers shared by the model families: backbones with FPN, image preprocessing."""
 
-from models.common.backbones import BACKBONE_NAMES, build_backbone, count_parameters
+from models.common.backbones import (
+    backbone_names,
+    build_backbone,
+    count_parameters,
+    register_backbone,
+)
 from models.common.image import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -13,7 +18,8 @@ from models.common.image import (
 )
 
 __all__ = [
-    "BACKBONE_NAMES",
+    "backbone_names",
+    "register_backbone",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageBatch",

@@ -13,12 +13,24 @@ generator and MultiScaleRoIAlign expect.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from torch import Tensor, nn
 from torchvision.models import resnet50
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
-BACKBONE_NAMES = ("resnet50_fpn", "small")
+# name -> builder(fpn_channels=, trainable_layers=): the one place a backbone is registered. A
+# family that brings its own (Swin, say) calls register_backbone when its package loads.
+_BUILDERS: dict[str, Callable[..., BackboneWithFPN]] = {}
+
+
+def register_backbone(name: str, builder: Callable[..., BackboneWithFPN]) -> None:
+    _BUILDERS[name] = builder
+
+
+def backbone_names() -> tuple[str, ...]:
+    return tuple(_BUILDERS)
+
 
 # The four trunk stages fed to the FPN, under the names torchvision gives them.
 _RETURN_LAYERS = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
@@ -38,19 +50,16 @@ def build_backbone(
     trainable_layers: int = 5,
     bn_eps: float = 1e-5,
 ) -> BackboneWithFPN:
-    """The backbone called `name` (see BACKBONE_NAMES), randomly initialised.
+    """The backbone registered as `name` (see backbone_names()), randomly initialised.
 
     trainable_layers: how many ResNet-50 stages, counted from the top, get gradients (0-5), as
     torchvision counts them; the small backbone always trains all of its layers.
     bn_eps: epsilon of the trunk's batch norms. torchvision's legacy COCO Mask R-CNN weights were
     trained with 0.0; their converter sets it so that outputs match torchvision's.
     """
-    if name == "resnet50_fpn":
-        backbone = resnet50_fpn(fpn_channels=fpn_channels, trainable_layers=trainable_layers)
-    elif name == "small":
-        backbone = small_fpn(fpn_channels=fpn_channels)
-    else:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONE_NAMES)}")
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(_BUILDERS)}")
+    backbone = _BUILDERS[name](fpn_channels=fpn_channels, trainable_layers=trainable_layers)
     set_batchnorm_eps(backbone.body, bn_eps)
     return backbone
 
@@ -171,3 +180,9 @@ def freeze_batchnorm(module: nn.Module) -> None:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
+
+
+register_backbone("resnet50_fpn", resnet50_fpn)
+register_backbone(
+    "small", lambda *, fpn_channels, trainable_layers: small_fpn(fpn_channels=fpn_channels)
+)

@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from models.common.backbones import BACKBONE_NAMES
+from models.common.backbones import backbone_names
 from models.common.config import ManifestConfig, require
 from models.common.image import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)
 class VisConfig(ManifestConfig):
-    backbone: str = "resnet50_fpn"  # one of models.common.backbones.BACKBONE_NAMES
+    backbone: str = "resnet50_fpn"  # a registered backbone (models.common.backbones)
     num_classes: int = 40  # object categories, background not counted; labels are 1..num_classes
     fpn_channels: int = 256
     backbone_bn_eps: float = 1e-5
@@ -67,8 +67,8 @@ class VisConfig(ManifestConfig):
     track_cosine_scale: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONE_NAMES:
-            raise ValueError(f"backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
+        if self.backbone not in backbone_names():
+            raise ValueError(f"backbone must be one of {backbone_names()}, got {self.backbone!r}")
         require(self.num_classes >= 1, "num_classes must be >= 1")
         require(
             self.image_long_edge >= self.image_short_edge > 0,

@@ -13,8 +13,8 @@ the total match score, where every detection takes a distinct track or "new".
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from models.data.track_votes import TrackVotes
 from models.vis.detections import FrameDetections
 from models.vis.track_head import similarity_logits
 
@@ -37,11 +38,15 @@ class TrackerConfig:
     # Forget a track when frame_index - last_seen >= this, after the frame's matching (so a track
     # last seen at frame f can still be matched at frame f + 20, as in the reference).
     num_frames_retain: int = 20
+    # Summaries kept of forgotten tracks (the most recent ones), so that a long live stream with
+    # objects coming and going keeps bounded state; the kept tracks' own are always there.
+    max_finished_tracks: int = 256
 
 
 @dataclass
 class TrackSummary:
-    """Video-level result of one track: mean of its frame scores, majority-vote category."""
+    """Video-level result of one track: mean of its frame scores, majority-vote category (ties:
+    larger summed score, then the label seen first; models.data.track_votes)."""
 
     track_id: int
     category: int
@@ -51,38 +56,17 @@ class TrackSummary:
     last_frame: int
 
 
-@dataclass
-class _TrackHistory:
-    """Running totals, so that a long stream keeps constant memory per track."""
-
-    first_frame: int
-    last_frame: int
-    score_sum: float = 0.0
-    num_frames: int = 0
-    label_counts: Counter = field(default_factory=Counter)
-    label_score_sums: Counter = field(default_factory=Counter)
-
-    def add(self, frame_index: int, label: int, score: float) -> None:
-        self.last_frame = frame_index
-        self.score_sum += score
-        self.num_frames += 1
-        self.label_counts[label] += 1
-        self.label_score_sums[label] += score
-
-    def summary(self, track_id: int) -> TrackSummary:
-        # Majority vote; a tie goes to the label with the larger summed score, then the smaller.
-        category = max(
-            self.label_counts,
-            key=lambda label: (self.label_counts[label], self.label_score_sums[label], -label),
-        )
-        return TrackSummary(
-            track_id=track_id,
-            category=int(category),
-            score=self.score_sum / self.num_frames,
-            num_frames=self.num_frames,
-            first_frame=self.first_frame,
-            last_frame=self.last_frame,
-        )
+def summary_of(track_id: int, votes: TrackVotes) -> TrackSummary:
+    """A track's video-level result by the one rule of models.data.track_votes (majority vote;
+    ties: larger summed score, then the label seen first)."""
+    return TrackSummary(
+        track_id=track_id,
+        category=int(votes.category),
+        score=votes.score,
+        num_frames=votes.num_frames,
+        first_frame=votes.first_frame,
+        last_frame=votes.last_frame,
+    )
 
 
 def match_scores(
@@ -138,7 +122,8 @@ class Tracker:
         self.boxes = torch.zeros((0, 4))
         self.labels = torch.zeros(0, dtype=torch.int64)
         self.last_seen = torch.zeros(0, dtype=torch.int64)
-        self.histories: dict[int, _TrackHistory] = {}
+        self.histories: dict[int, TrackVotes] = {}
+        self.finished: deque[int] = deque()  # forgotten tracks whose histories remain, oldest first
 
     def step(self, detections: FrameDetections, frame_index: int | None = None) -> list[int]:
         """Track ids for this frame's detections. frame_index defaults to the previous + 1;
@@ -159,8 +144,9 @@ class Tracker:
         return ids
 
     def summaries(self) -> list[TrackSummary]:
-        """Every track seen since the last reset, by id."""
-        return [history.summary(track_id) for track_id, history in sorted(self.histories.items())]
+        """Every track seen since the last reset, by id (of the forgotten ones, the newest
+        `max_finished_tracks`)."""
+        return [summary_of(track_id, votes) for track_id, votes in sorted(self.histories.items())]
 
     @property
     def num_kept_tracks(self) -> int:
@@ -213,19 +199,24 @@ class Tracker:
         self.boxes = torch.cat([self.boxes, self.boxes.new_zeros((1, 4))])
         self.labels = torch.cat([self.labels, self.labels.new_zeros(1)])
         self.last_seen = torch.cat([self.last_seen, self.last_seen.new_zeros(1)])
-        self.histories[track_id] = _TrackHistory(self.frame_index, self.frame_index)
+        self.histories[track_id] = TrackVotes()
         return len(self.track_ids) - 1
 
     def _forget_stale(self) -> None:
         keep = (self.frame_index - self.last_seen) < self.config.num_frames_retain
         if bool(keep.all()):
             return
-        kept_flags = keep.tolist()
-        self.track_ids = [tid for tid, kept in zip(self.track_ids, kept_flags, strict=True) if kept]
+        kept_flags, ids = keep.tolist(), self.track_ids
+        self.track_ids = [tid for tid, kept in zip(ids, kept_flags, strict=True) if kept]
         self.embeddings = self.embeddings[keep]
         self.boxes = self.boxes[keep]
         self.labels = self.labels[keep]
         self.last_seen = self.last_seen[keep]
+        # A forgotten track is never matched again: its history is final. Keep the newest
+        # max_finished_tracks of them for summaries(), drop the rest.
+        self.finished.extend(tid for tid, kept in zip(ids, kept_flags, strict=True) if not kept)
+        while len(self.finished) > self.config.max_finished_tracks:
+            self.histories.pop(self.finished.popleft(), None)
 
 
 def _as_cpu(detections: FrameDetections) -> tuple[Tensor, Tensor, Tensor, Tensor]:

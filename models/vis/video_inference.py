@@ -4,13 +4,13 @@
 runner, `vidserve segment` and the trainer's validation all go through it.
 """
 
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 import numpy as np
 
 from models.data.rle import encode_mask
+from models.data.track_votes import TrackVotes
 from models.vis.detections import FrameDetections
 from models.vis.model import MaskTrackRCNN
 from models.vis.tracker import Tracker
@@ -86,25 +86,26 @@ def segment_video(
 def ytvis_results(
     per_frame: list[list[dict]], video_id: int, category_ids: dict[str, int]
 ) -> list[dict]:
-    """YouTube-VIS results entries of one video: per track, score = mean of its frame scores,
-    category = majority vote, one RLE per frame (None where the track is absent)."""
-    tracks: dict[int, dict] = {}
+    """YouTube-VIS results entries of one video, one per track (in order of first appearance):
+    score and category by the one rule of models.data.track_votes (mean of its frame scores;
+    majority vote, ties to the larger summed score, then the category seen first), one RLE per
+    frame (None where the track is absent). An object without a track id is a track of its own
+    frame."""
+    tracks: dict = {}
     for t, objects in enumerate(per_frame):
-        for obj in objects:
-            track = tracks.setdefault(
-                obj["track_id"], {"scores": [], "categories": Counter(), "masks": {}}
-            )
-            track["scores"].append(obj["score"])
-            track["categories"][obj["category"]] += 1
-            track["masks"][t] = obj["mask"]
+        for k, obj in enumerate(objects):
+            key = obj["track_id"] if obj.get("track_id") is not None else ("untracked", t, k)
+            votes, masks = tracks.setdefault(key, (TrackVotes(), {}))
+            votes.add(t, obj["category"], obj["score"])
+            masks[t] = obj["mask"]
     return [
         {
             "video_id": video_id,
-            "category_id": category_ids[track["categories"].most_common(1)[0][0]],
-            "score": float(np.mean(track["scores"])),
-            "segmentations": [track["masks"].get(t) for t in range(len(per_frame))],
+            "category_id": category_ids[votes.category],
+            "score": float(votes.score),
+            "segmentations": [masks.get(t) for t in range(len(per_frame))],
         }
-        for track in tracks.values()
+        for votes, masks in tracks.values()
     ]
 
 

@@ -9,26 +9,29 @@ checks its prompts (service.gateway.prompts), and a bad one ends the stream with
 SegmentVideo has no field for a prompt, so a prompted model is refused there.
 """
 
+import asyncio
+import errno
 import logging
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import cv2
 import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.gateway.context import ServiceContext
+from service.gateway.grpc_convert import event_to_proto, response_to_proto, summary_to_proto
 from service.gateway.grpc_gen import vidserve_pb2 as pb
 from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc
 from service.gateway.pipeline import Busy, InputFrame, SessionError, run_session
 from service.gateway.prompts import bad_prompt, check_size, masks_from_messages, to_rle
 from service.gateway.video_input import InputError, VideoLimits, decode_frames, probe_video
+from service.images import ImageError, decode_image
 from service.queue.base import NoWorker
 from service.queue.messages import ErrorCode
-from service.schemas import FrameResult, SegmentResponse, summarize_tracks
+from service.schemas import FrameResult, build_response, summarize_tracks
 from service.worker.runner import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -59,8 +62,9 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
             # true status of a refused stream (not a failed write).
             await context.send_initial_metadata((("vidserve-session", "accepted"),))
             frames = _stream_frames(request_iterator, self.ctx, model)
+            events = []
             try:
-                async for result in run_session(
+                async for event in run_session(
                     self.ctx.transport,
                     name,
                     options,
@@ -68,7 +72,12 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
                     self.ctx.admission.window,
                     on_frame_latency=self.ctx.observe_frame,
                 ):
-                    yield to_proto(result)
+                    if config.summary:
+                        events.append(event)
+                    yield event_to_proto(event)
+                if config.summary:
+                    frames_seen = [e for e in events if isinstance(e, FrameResult)]
+                    yield summary_to_proto(summarize_tracks(frames_seen))
             except (SessionError, InputError, NoWorker) as e:
                 await _abort(context, e, self.ctx)
 
@@ -96,9 +105,9 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
                 frames = decode_frames(
                     path, probe, limits, max(1, config.frame_stride), config.max_frames or None
                 )
-                results = [
-                    r
-                    async for r in run_session(
+                events = [
+                    e
+                    async for e in run_session(
                         self.ctx.transport,
                         name,
                         options,
@@ -107,18 +116,10 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
                         on_frame_latency=self.ctx.observe_frame,
                     )
                 ]
-                if not results:
+                if not events:
                     raise InputError(422, "Empty video", "the video has no frames to process")
                 return response_to_proto(
-                    SegmentResponse(
-                        model=results[0].model,
-                        model_version=results[0].model_version,
-                        width=probe.width,
-                        height=probe.height,
-                        fps=probe.fps,
-                        frames=results,
-                        tracks=summarize_tracks(results),
-                    )
+                    build_response(events, width=probe.width, height=probe.height, fps=probe.fps)
                 )
             except (SessionError, InputError, NoWorker) as e:
                 await _abort(context, e, self.ctx)
@@ -135,6 +136,7 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
                     version=m.version,
                     classes=list(m.classes),
                     takes_prompt=m.takes_prompt,
+                    stages=[pb.Stage(name=n, version=v) for n, v in m.stage_list()],
                 )
                 for m in await self.ctx.transport.models()
             ]
@@ -195,10 +197,16 @@ class _Reserved:
 async def _stream_frames(
     requests, ctx: ServiceContext, model: ModelInfo
 ) -> AsyncIterator[InputFrame]:
-    """Decode the stream's frames; the first frame fixes the size the others must have."""
+    """Decode the stream's frames; the first frame fixes the size the others must have.
+
+    An image's size is read from its header and checked against the limits before it is decoded,
+    and decoding runs in a thread: a small file claiming a huge image costs nothing, and no frame
+    holds up the event loop (the other clients)."""
     size = None
     count = 0
+    last_index = -1
     prompted: set[int] = set()  # objects prompted so far: they may be marked absent later
+    settings = ctx.settings
     async for request in requests:
         if request.WhichOneof("kind") != "frame":
             raise InputError(
@@ -209,16 +217,18 @@ async def _stream_frames(
             )
         frame = request.frame
         index = frame.frame_index if frame.HasField("frame_index") else count
-        image = decode_image(frame.image, index)
+        if index <= last_index:
+            raise InputError(
+                400,
+                "Frame index not increasing",
+                f"frame_index {index} follows {last_index}: indices must increase",
+            )
+        last_index = index
+        image = await asyncio.to_thread(
+            decode_frame_image, frame.image, index, settings.max_width, settings.max_height
+        )
         h, w = image.shape[:2]
         if size is None:
-            if w > ctx.settings.max_width or h > ctx.settings.max_height:
-                raise InputError(
-                    413,
-                    "Frame too large",
-                    f"frame {index} is {w}x{h}, over the "
-                    f"limit {ctx.settings.max_width}x{ctx.settings.max_height}",
-                )
             size = (h, w)
         elif (h, w) != size:
             raise InputError(
@@ -231,7 +241,7 @@ async def _stream_frames(
         if frame.prompts:
             prompt = _frame_prompt(frame.prompts, index, (h, w), model, prompted)
             prompted |= set(prompt)
-        yield InputFrame(index, time, image, prompt)
+        yield InputFrame(index, time, image, prompt, encoded=frame.image)
         count += 1
 
 
@@ -242,20 +252,20 @@ def _frame_prompt(
     if not model.takes_prompt:
         raise bad_prompt(f"model '{model.name}' takes no prompt (frame {index})")
     try:
-        masks = masks_from_messages(prompts, known)
+        masks = masks_from_messages(prompts, size, known)
         check_size(masks, *size)
     except InputError as error:
         raise InputError(error.status, error.title, f"frame {index}: {error.detail}") from None
     return to_rle(masks)
 
 
-def decode_image(data: bytes, index: int) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    if image is None:
-        raise InputError(
-            400, "Not an image", f"frame {index} is not an encoded image (JPEG or PNG)"
-        )
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+def decode_frame_image(data: bytes, index: int, max_width: int, max_height: int) -> np.ndarray:
+    """A frame's image as RGB, its header's size checked against the limits before decoding."""
+    try:
+        return decode_image(data, max_width, max_height, what=f"frame {index}")
+    except ImageError as error:
+        title = "Frame too large" if error.status == 413 else "Not an image"
+        raise InputError(error.status, title, str(error)) from None
 
 
 async def _receive_file(requests, max_bytes: int) -> Path:
@@ -285,65 +295,17 @@ async def _abort(context, error: Exception, ctx: ServiceContext):
     await context.abort(code, text)
 
 
-def to_proto(result: FrameResult) -> pb.FrameResult:
-    return pb.FrameResult(
-        frame_index=result.frame_index,
-        time=result.time,
-        model=result.model,
-        model_version=result.model_version,
-        objects=[
-            pb.DetectedObject(
-                track_id=o.track_id,
-                category=o.category,
-                score=o.score,
-                box=list(o.box),
-                mask=pb.Mask(height=o.mask.size[0], width=o.mask.size[1], counts=o.mask.counts),
-                actions=[pb.ActionLabel(label=a.label, score=a.score) for a in o.actions],
-            )
-            for o in result.objects
-        ],
-    )
-
-
-def from_proto(message: pb.FrameResult) -> FrameResult:
-    """The inverse of to_proto (clients and tests compare gRPC with REST through it)."""
-    return FrameResult(
-        frame_index=message.frame_index,
-        time=message.time,
-        model=message.model,
-        model_version=message.model_version,
-        objects=[
-            {
-                "track_id": o.track_id if o.HasField("track_id") else None,
-                "category": o.category,
-                "score": o.score,
-                "box": tuple(o.box),
-                "mask": {"size": (o.mask.height, o.mask.width), "counts": o.mask.counts},
-                "actions": [{"label": a.label, "score": a.score} for a in o.actions],
-            }
-            for o in message.objects
-        ],
-    )
-
-
-def response_to_proto(response: SegmentResponse) -> pb.SegmentResponse:
-    return pb.SegmentResponse(
-        model=response.model,
-        model_version=response.model_version,
-        width=response.width,
-        height=response.height,
-        fps=response.fps,
-        frames=[to_proto(f) for f in response.frames],
-        tracks=[pb.TrackSummary(**t.model_dump()) for t in response.tracks],
-    )
-
-
 async def start_grpc_server(ctx: ServiceContext, port: int, host: str = "[::]") -> grpc.aio.Server:
-    """Start the gRPC server (VideoSegmentation, health, reflection); returns it running."""
+    """Start the gRPC server (VideoSegmentation, health, reflection); returns it running.
+
+    A port another process listens on is refused (OSError EADDRINUSE), as uvicorn refuses a
+    busy REST port: gRPC's default SO_REUSEPORT would let a second server bind it silently and
+    the kernel would split the calls between the two."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
         ]
     )
     pb_grpc.add_VideoSegmentationServicer_to_server(VideoSegmentationServicer(ctx), server)
@@ -357,9 +319,16 @@ async def start_grpc_server(ctx: ServiceContext, port: int, host: str = "[::]") 
         ),
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpcio's "Failed to bind to address"
+        bound = 0
     if bound == 0:
-        raise OSError(f"gRPC could not listen on {host}:{port}")
+        raise OSError(
+            errno.EADDRINUSE,
+            f"gRPC cannot listen on port {port} ({host}:{port}): another process is using it "
+            "(choose another with --grpc-port or VIDSERVE_GRPC_PORT)",
+        )
     await server.start()
     server.bound_port = bound
     server.health = health_servicer

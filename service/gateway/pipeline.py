@@ -1,9 +1,11 @@
 """The gateway's side of a session, shared by REST and gRPC.
 
 `run_session` opens a session, sends frames as the window allows (at most `window` frames of a
-session are with the worker at once, so a fast sender is slowed, never dropped), and yields the
-results in frame order. Leaving the generator early (client gone, error) closes the session: frames
-not yet sent are never sent, and the worker frees the session's state.
+session are with the worker and not yet taken into the session, so a fast sender is slowed, never
+dropped), and yields the session's events: frame results in frame order, late results (a key
+frame's actions) as they come, every one of them before the session ends. Leaving the generator
+early (client gone, error) closes the session: frames not yet sent are never sent, and the worker
+frees the session's state.
 
 `Admission` bounds the work a gateway accepts: each open session reserves its window of frames;
 beyond `max_frames_in_flight` a new session is refused with "busy, retry after".
@@ -18,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.queue.base import GatewayTransport
-from service.queue.messages import ErrorCode, Frame, Reply
-from service.schemas import FrameResult
+from service.queue.messages import ErrorCode, Frame, Reply, ReplyKind
+from service.schemas import ActionsResult, Event, FrameResult, Stage
 
 
 class SessionError(Exception):
@@ -44,8 +46,9 @@ class Busy(Exception):
 class InputFrame:
     index: int
     time: float
-    image: np.ndarray
+    image: np.ndarray | None  # decoded RGB; None when the worker's side decodes `encoded`
     prompt: dict | None = None
+    encoded: bytes | None = None  # the client's JPEG/PNG as sent (gRPC frames)
 
 
 class Reservation:
@@ -88,19 +91,19 @@ async def run_session(
     frames: AsyncIterator[InputFrame],
     window: int,
     on_frame_latency=None,
-) -> AsyncIterator[FrameResult]:
-    """Yield one FrameResult per input frame, in input order; raises SessionError on failure."""
+) -> AsyncIterator[Event]:
+    """Yield the session's events until the worker's END: each frame's result (in input order
+    when results overtake each other), and late ones (a key frame's actions, a clip model's
+    frames) as they come; raises SessionError on failure."""
     session = await transport.open(model, options)
     slots = asyncio.Semaphore(window)
-    expected: deque[int] = deque()  # indices sent, in order, not yet yielded
+    order = InputOrder()
     sent_at: dict[int, float] = {}
     sender = asyncio.create_task(
-        _send_all(transport, session, frames, slots, model, options, expected, sent_at)
+        _send_all(transport, session, frames, slots, model, options, order, sent_at)
     )
     closed = False
     try:
-        # Stateless frames may come back out of order (several workers): yield in input order.
-        arrived: dict[int, FrameResult] = {}
         async for reply in _replies(session, sender):
             if reply.error_code is not None:
                 closed = reply.closed
@@ -108,13 +111,17 @@ async def run_session(
             if reply.closed:
                 closed = True
                 break
-            slots.release()
-            started = sent_at.pop(reply.index, None)
-            if on_frame_latency and started is not None:
-                on_frame_latency(model, time.monotonic() - started)
-            arrived[reply.index] = _frame_result(reply)
-            while expected and expected[0] in arrived:
-                yield arrived.pop(expected.popleft())
+            if reply.taken:
+                # The worker has the frame in the session: the window may take another, whether
+                # or not the frame's own result has come (a clip model answers it later).
+                slots.release()
+                started = sent_at.pop(reply.index, None)
+                if on_frame_latency and started is not None:
+                    on_frame_latency(model, time.monotonic() - started)
+            for event in order.accept(reply):
+                yield event
+        for event in order.drain():
+            yield event
         await sender  # re-raises a decoding error of the input
     finally:
         if not sender.done():
@@ -123,10 +130,47 @@ async def run_session(
             await transport.close(session)
 
 
-async def _send_all(transport, session, frames, slots, model, options, expected, sent_at):
+class InputOrder:
+    """Puts frame results back in the order the frames were sent.
+
+    Every frame gets exactly one `taken` reply (its result, or a bare TAKEN when its result
+    comes later or never). A frame's result waits only for the taken replies of the frames sent
+    before it (stateless frames on several workers overtake each other); other replies (actions,
+    late frames) pass at once. Nothing is dropped: `drain` gives what is still held at the end."""
+
+    def __init__(self):
+        self.sent: deque[int] = deque()
+        self.taken: dict[int, deque[Event | None]] = {}
+
+    def sent_frame(self, index: int) -> None:
+        self.sent.append(index)
+
+    def accept(self, reply: Reply) -> list[Event]:
+        event = reply_event(reply)
+        if not reply.taken:
+            return [event] if event is not None else []
+        self.taken.setdefault(reply.index, deque()).append(event)
+        ready = []
+        while self.sent and self.taken.get(self.sent[0]):
+            index = self.sent.popleft()
+            held = self.taken[index].popleft()
+            if not self.taken[index]:
+                del self.taken[index]
+            if held is not None:
+                ready.append(held)
+        return ready
+
+    def drain(self) -> list[Event]:
+        held = [e for events in self.taken.values() for e in events if e is not None]
+        self.taken.clear()
+        self.sent.clear()
+        return held
+
+
+async def _send_all(transport, session, frames, slots, model, options, order, sent_at):
     async for frame in frames:
         await slots.acquire()
-        expected.append(frame.index)
+        order.sent_frame(frame.index)
         sent_at[frame.index] = time.monotonic()
         await transport.send(
             session,
@@ -138,6 +182,7 @@ async def _send_all(transport, session, frames, slots, model, options, expected,
                 frame.prompt,
                 model=model,
                 options=options,
+                encoded=frame.encoded,
             ),
         )
     await transport.close(session)
@@ -159,11 +204,26 @@ async def _replies(session, sender: asyncio.Task) -> AsyncIterator[Reply]:
             yield await session.replies.get()
 
 
-def _frame_result(reply: Reply) -> FrameResult:
-    return FrameResult(
-        frame_index=reply.index,
-        time=reply.time,
-        objects=reply.objects or [],
-        model=reply.model,
-        model_version=reply.model_version,
-    )
+def reply_event(reply: Reply) -> Event | None:
+    """The event a worker's reply carries (None for a bare TAKEN)."""
+    stages = [Stage(name=name, version=version) for name, version in reply.stages]
+    if reply.kind == ReplyKind.FRAME:
+        return FrameResult(
+            frame_index=reply.index,
+            time=reply.time,
+            objects=reply.objects or [],
+            segments=reply.segments or [],
+            model=reply.model,
+            model_version=reply.model_version,
+            stages=stages,
+        )
+    if reply.kind == ReplyKind.ACTIONS:
+        return ActionsResult(
+            key_frame=reply.index,
+            time=reply.time,
+            tracks=reply.tracks or [],
+            model=reply.model,
+            model_version=reply.model_version,
+            stages=stages,
+        )
+    return None

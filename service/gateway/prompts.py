@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from models.data.rle import decode_rle, encode_mask
 from service.gateway.pipeline import InputFrame
 from service.gateway.video_input import InputError
+from service.images import image_size
 
 MAX_OBJECT_ID = 255
 PNG_MODES = ("P", "L")  # indexed (palette) or 8-bit grayscale: the pixel value is the object id
@@ -36,8 +37,12 @@ def misfit_prompt(detail: str) -> InputError:
     return InputError(422, "Prompt does not fit the video", detail)
 
 
-def masks_from_png(data: bytes) -> Masks:
-    """An indexed or grayscale PNG whose pixel values are object ids (0 = background)."""
+def masks_from_png(data: bytes, max_size: tuple[int, int]) -> Masks:
+    """An indexed or grayscale PNG whose pixel values are object ids (0 = background), at most
+    `max_size` (height, width): its header's size is checked before anything is decoded."""
+    claimed = image_size(data)
+    if claimed is not None:
+        check_max_size("the prompt image", (claimed[1], claimed[0]), max_size)
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format != "PNG":
@@ -56,7 +61,7 @@ def masks_from_png(data: bytes) -> Masks:
     return masks
 
 
-def masks_from_rle_json(text: str) -> Masks:
+def masks_from_rle_json(text: str, max_size: tuple[int, int]) -> Masks:
     """{"<object id>": {"size": [h, w], "counts": "..."}, ...} (COCO RLE per object)."""
     try:
         entries = json.loads(text)
@@ -69,12 +74,14 @@ def masks_from_rle_json(text: str) -> Masks:
         object_id = object_id_of(key)
         if object_id in masks:
             raise bad_prompt(f"object {object_id} is given twice")
-        masks[object_id] = mask_of_rle(object_id, rle)
+        masks[object_id] = mask_of_rle(object_id, rle, max_size)
     check_not_empty(masks)
     return masks
 
 
-def masks_from_messages(prompts: Iterable, known_ids: set[int] = frozenset()) -> Masks:
+def masks_from_messages(
+    prompts: Iterable, max_size: tuple[int, int], known_ids: set[int] = frozenset()
+) -> Masks:
     """gRPC ObjectPrompts. An object prompted before (in `known_ids`) may get an empty mask: it
     says the object is not on this frame."""
     masks = {}
@@ -82,8 +89,12 @@ def masks_from_messages(prompts: Iterable, known_ids: set[int] = frozenset()) ->
         object_id = object_id_of(prompt.object_id)
         if object_id in masks:
             raise bad_prompt(f"object {object_id} is prompted twice on one frame")
-        rle = {"size": [prompt.mask.height, prompt.mask.width], "counts": prompt.mask.counts}
-        masks[object_id] = mask_of_rle(object_id, rle)
+        # `size` as REST's masks; the deprecated height and width from older clients.
+        size = list(prompt.mask.size) or [prompt.mask.height, prompt.mask.width]
+        if len(size) != 2:
+            raise bad_prompt(f"mask size {size} of object {object_id} is not [height, width]")
+        rle = {"size": size, "counts": prompt.mask.counts}
+        masks[object_id] = mask_of_rle(object_id, rle, max_size)
     check_not_empty({i: m for i, m in masks.items() if i not in known_ids})
     return masks
 
@@ -101,11 +112,24 @@ def object_id_of(value) -> int:
     return object_id
 
 
-def mask_of_rle(object_id: int, rle) -> np.ndarray:
+def mask_of_rle(object_id: int, rle, max_size: tuple[int, int]) -> np.ndarray:
+    """The mask of a COCO RLE whose declared size is checked before anything is allocated (a
+    few bytes may claim any size)."""
+    try:
+        height, width = (int(v) for v in rle["size"])
+    except (KeyError, TypeError, ValueError):
+        raise bad_prompt(f"the mask of object {object_id} has no [height, width] size") from None
+    check_max_size(f"the mask of object {object_id}", (height, width), max_size)
     try:
         return decode_rle(rle).astype(bool)
     except (ValueError, TypeError) as error:
         raise bad_prompt(f"the mask of object {object_id} is not a COCO RLE ({error})") from None
+
+
+def check_max_size(what: str, size: tuple[int, int], max_size: tuple[int, int]) -> None:
+    (height, width), (max_height, max_width) = size, max_size
+    if not (0 < height <= max_height and 0 < width <= max_width):
+        raise misfit_prompt(f"{what} is {width}x{height}, over {max_width}x{max_height}")
 
 
 def check_not_empty(masks: Masks) -> None:
@@ -166,6 +190,7 @@ def read_video_prompt(
     png: bytes | None,
     rle_json: str | None,
     frame_index: int | None,
+    max_size: tuple[int, int],
 ) -> VideoPrompt | None:
     """The prompt of a video request (any of its parts may be absent), checked against the
     model: a prompted model needs one, the others take none."""
@@ -181,7 +206,10 @@ def read_video_prompt(
         )
     if len(given) == 2:
         raise bad_prompt("give the prompt as a PNG (prompt) or as RLE (prompt_rle), not both")
-    masks = masks_from_png(png) if png is not None else masks_from_rle_json(rle_json)
+    if png is not None:
+        masks = masks_from_png(png, max_size)
+    else:
+        masks = masks_from_rle_json(rle_json, max_size)
     return VideoPrompt(masks, frame_index or 0)
 
 

@@ -7,8 +7,11 @@ prompt mask, a prompt frame the video does not have), 429 busy (with Retry-After
 session state lost.
 """
 
+import asyncio
+import contextlib
 import json
 import logging
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -18,17 +21,18 @@ from typing import Annotated
 from fastapi import FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from starlette.background import BackgroundTask
 
 from service.gateway.context import ServiceContext
-from service.gateway.davis_output import ZIP, davis_zip
 from service.gateway.pipeline import Busy, SessionError, run_session
 from service.gateway.prompts import VideoPrompt, attach_prompt, read_video_prompt
 from service.gateway.video_input import InputError, VideoLimits, decode_frames, probe_video
 from service.queue.base import NoWorker
 from service.queue.messages import ErrorCode
-from service.schemas import FrameResult, SegmentResponse, summarize_tracks
+from service.schemas import Event, FrameResult, SegmentResponse, build_response
 from service.worker.runner import ModelInfo
+from service.writers.davis import ZIP, davis_zip
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +71,14 @@ def problem(status: int, title: str, detail: str, headers: dict | None = None) -
 
 
 def create_app(ctx: ServiceContext) -> FastAPI:
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc load their scripts, styles and icon from this server (the
+    # fastapi-offline package ships them), so that they work where no CDN can be reached.
+    app = FastAPIOffline(
         title="vidserve",
         version="0.1.0",
         description="Video perception models over REST: masks, track ids and labels per frame.",
+        # No badge from the online validator (swagger.io): the page calls nothing outside.
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.ctx = ctx
     _add_error_handlers(app, ctx)
@@ -267,20 +275,21 @@ async def _answer(
             media_type=NDJSON,
             background=BackgroundTask(cleanup),
         )
-    frames_out = [first] + [r async for r in _until_disconnect(request, results)]
+    events = [first] + await _collect_until_disconnect(request, results)
     started = time.monotonic()
+    answer = _response(events, probe)
     if ZIP in accept:
-        body = davis_zip(frames_out, probe.height, probe.width)
+        body = davis_zip(answer.frames, probe.height, probe.width)
         ctx.metrics.stage_seconds.labels("encode").observe(time.monotonic() - started)
         headers = {"Content-Disposition": 'attachment; filename="davis.zip"'}
         return Response(body, media_type=ZIP, headers=headers)
     if MP4 in accept:
         from service.gateway.render import render_video
 
-        body = render_video(cleanup.upload, frames_out, probe.fps)
+        body = render_video(cleanup.upload, answer.frames, probe.fps)
         ctx.metrics.stage_seconds.labels("encode").observe(time.monotonic() - started)
         return Response(body, media_type=MP4)
-    response = JSONResponse(_response(frames_out, probe).model_dump(mode="json"))
+    response = JSONResponse(answer.model_dump(mode="json"))
     ctx.metrics.stage_seconds.labels("encode").observe(time.monotonic() - started)
     return response
 
@@ -294,35 +303,66 @@ async def _read_prompt(
         data = await png.read(ctx.settings.max_upload_bytes + 1)
         if len(data) > ctx.settings.max_upload_bytes:
             raise InputError(413, "Prompt too large", "the prompt PNG exceeds the upload limit")
-    return read_video_prompt(info.name, info.takes_prompt, data, rle, frame)
+    limits = (ctx.settings.max_height, ctx.settings.max_width)
+    return await asyncio.to_thread(
+        read_video_prompt, info.name, info.takes_prompt, data, rle, frame, limits
+    )
 
 
-async def _first(results: AsyncIterator[FrameResult]) -> FrameResult:
+async def _first(results: AsyncIterator[Event]) -> Event:
     try:
         return await anext(results)
     except StopAsyncIteration:
         raise InputError(422, "Empty video", "the video has no frames to process") from None
 
 
-async def _until_disconnect(request: Request, results: AsyncIterator[FrameResult]):
-    """The results, until the client goes away: then the session closes and frames not yet
-    sent are never sent (the generator's cleanup)."""
-    async for result in results:
-        if await request.is_disconnected():
-            await results.aclose()
-            log.info("client disconnected: remaining frames cancelled")
-            return
-        yield result
+async def _collect_until_disconnect(request: Request, results: AsyncIterator[Event]) -> list:
+    """All the results, unless the client goes away first: then the session closes at once (the
+    generator's cleanup: frames not yet sent are never sent) and ClientGone is raised.
+
+    A watcher waits on the connection itself: the client may hang up while no result arrives
+    (a clip model's look-ahead, a slow frame), and asking between results would notice late."""
+
+    async def collect() -> list:
+        return [event async for event in results]
+
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    collector, watcher = asyncio.create_task(collect()), asyncio.create_task(hung_up())
+    try:
+        done, _ = await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if collector in done:
+            return collector.result()
+        collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collector
+        await results.aclose()
+        log.info("client disconnected: remaining frames cancelled")
+        raise ClientGone()
+    finally:
+        watcher.cancel()
+
+
+class ClientGone(Exception):
+    """The client hung up before its answer was ready: nobody to answer."""
+
+
+def _ndjson_line(event: Event) -> str:
+    key = "frame" if isinstance(event, FrameResult) else "actions"
+    return json.dumps({key: event.model_dump(mode="json")}) + "\n"
 
 
 async def _ndjson(ctx, first, results, probe):
-    frames = [first]
+    """One line per event as it comes ({"frame": ...} or {"actions": ...}), then the summary."""
+    events = [first]
     try:
-        yield json.dumps({"frame": first.model_dump(mode="json")}) + "\n"
-        async for result in results:
-            frames.append(result)
-            yield json.dumps({"frame": result.model_dump(mode="json")}) + "\n"
-        summary = _response(frames, probe).model_dump(mode="json", exclude={"frames"})
+        yield _ndjson_line(first)
+        async for event in results:
+            events.append(event)
+            yield _ndjson_line(event)
+        summary = _response(events, probe).model_dump(mode="json", exclude={"frames"})
         yield json.dumps({"summary": summary}) + "\n"
     except (SessionError, InputError) as e:  # the status line is sent: report in the stream
         status, title, detail = _error_parts(e)
@@ -342,21 +382,22 @@ async def _ndjson(ctx, first, results, probe):
         )
 
 
-def _response(frames: list[FrameResult], probe) -> SegmentResponse:
-    return SegmentResponse(
-        model=frames[0].model,
-        model_version=frames[0].model_version,
-        width=probe.width,
-        height=probe.height,
-        fps=probe.fps,
-        frames=frames,
-        tracks=summarize_tracks(frames),
-    )
+def _response(events: list[Event], probe) -> SegmentResponse:
+    return build_response(events, width=probe.width, height=probe.height, fps=probe.fps)
+
+
+_PLAIN_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 
 
 async def _save_upload(video: UploadFile, max_bytes: int) -> Path:
-    """Copy the upload to a file of our own (PyAV reads by path), enforcing the size limit."""
-    suffix = Path(video.filename or "upload").suffix[:8]
+    """Copy the upload to a file of our own (PyAV reads by path), enforcing the size limit.
+    The client's file name gives the temporary file its suffix (a hint for the demuxer) only when
+    it is a plain one (".mp4"): a name with a NUL byte, a slash or other odd characters is not
+    ours to put in a path."""
+    name = video.filename or ""
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    if not _PLAIN_SUFFIX.fullmatch(suffix):
+        suffix = ""
     with tempfile.NamedTemporaryFile(prefix="vidserve-", suffix=suffix, delete=False) as out:
         path = Path(out.name)
         try:
@@ -422,6 +463,11 @@ def _add_error_handlers(app: FastAPI, ctx: ServiceContext) -> None:
             f"the service is at capacity; retry after {exc.retry_after_s} s",
             {"Retry-After": str(exc.retry_after_s)},
         )
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request, exc: ClientGone):
+        # Nobody reads this; 499 (nginx's "client closed request") names it in the access log.
+        return Response(status_code=499)
 
     @app.exception_handler(NoWorker)
     async def no_worker(request, exc: NoWorker):

@@ -24,8 +24,12 @@ class SessionHandle:
 
 class WorkerTransport(ABC):
     @abstractmethod
-    def fetch(self, timeout: float) -> list[WorkMessage]:
-        """Messages for this worker, waiting at most `timeout` seconds for the first."""
+    def fetch(self, timeout: float, busy: frozenset[str] = frozenset()) -> list[WorkMessage]:
+        """Messages for this worker, waiting at most `timeout` seconds for the first.
+
+        `busy` names models whose queue at this worker is full: a transport with work shared
+        by several workers (Redis' per-model streams) leaves theirs to other workers for now.
+        Messages of sessions this worker holds are always read (their windows bound them)."""
 
     @abstractmethod
     def reply(self, reply: Reply, reply_to: str) -> None:

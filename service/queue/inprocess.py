@@ -45,7 +45,9 @@ class InProcessTransport(GatewayTransport, WorkerTransport):
         return self.worker.models() if self.worker is not None else []
 
     # --- worker side ----------------------------------------------------------------------------
-    def fetch(self, timeout: float) -> list[WorkMessage]:
+    def fetch(self, timeout: float, busy: frozenset[str] = frozenset()) -> list[WorkMessage]:
+        # One queue, and every frame in it belongs to a session whose window bounds it: `busy`
+        # changes nothing here.
         try:
             messages = [self._inbox.get(timeout=timeout)]
         except queue.Empty:

@@ -1,30 +1,43 @@
-"""What a model family gives the worker: one small interface for every kind of work.
+"""What a model family gives the worker: one two-phase interface for every kind of work.
 
-The worker batches frames of many sessions of one model into one `run_batch` call. A runner
-declares what its sessions need:
+A runner's work on a frame is split in two, and the worker calls each phase at most once per
+frame that reaches the session:
 
-- stateless per frame (instance, panoptic): `stateful = False`; frames may go to any worker and
-  one session's frames may share a batch;
-- stateful per frame (tracking, VOS memory): `stateful = True`; a session's state lives in one
-  worker, and a batch holds at most one frame per session, so frame t+1 sees frame t's state;
+1. `forward.run(items)` (a `BatchedForward`): the heavy compute over frames of many sessions, one
+   call. It may read session state (a VOS readout reads the memory) through the view that
+   `forward_view` gives, but never changes it. It is the only thing the worker retries: when a
+   batch fails, each item's forward is run again alone, so one bad frame costs only itself.
+2. `step(item, output)`: per session, in frame order, exactly once per frame: commit the frame to
+   the session's state (tracker, memory, clip buffer) and return zero or more outputs, for this
+   frame or for earlier ones (a clip model answers a key frame once its window is complete). A step
+   that raises must leave the session as it was; its error is that frame's error.
+
+When a session ends, `flush` returns what is still held back (the last clips of a video).
+
+Runners that share weights share one `BatchedForward` object: the scheduler puts the frames of all
+their sessions in one batch (the tracked `masktrack`, the per-frame `masktrack-instance` and a
+pipeline that starts with the same detector run one detector pass together).
+
+The kinds of work a runner declares with its `ModelInfo`:
+- stateless per frame (instance, panoptic): `stateful = False`; any worker takes any frame;
+- stateful per frame (tracking, VOS memory): `stateful = True`, the session lives in one worker;
+  `one_frame_per_batch` when the forward reads what the previous frame's step wrote;
 - prompted (VOS): frames may carry a prompt (`takes_prompt = True`);
-- clip-level (actions): `run_batch` may answer a frame later, when its window is complete, so it
-  returns a list of outputs per item, each naming its frame, and `flush` answers the rest when the
-  session ends.
-
-`run_batch` returns, for each item in order, the outputs that item completes (usually its own),
-or the exception that item raised. It must touch no session's state before its batched forward
-pass has succeeded: if the pass fails, the worker retries the items one by one.
+- clip-level (actions): `step` answers late, `flush` answers the rest;
+- pipelines (service.worker.pipeline): a chain of stages behind one name.
 """
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
+from service.schemas import DetectedObject, Segment, TrackActions
+
 
 class OptionError(ValueError):
-    """A session option or prompt the model cannot take: the client's fault (400 / 422)."""
+    """A session option, prompt or frame the model cannot take: the client's fault (400 / 422)."""
 
 
 @dataclass(frozen=True)
@@ -38,35 +51,67 @@ class ModelInfo:
     # A stateful model whose forward pass reads no session state (the tracker steps after it)
     # may batch several frames of one session; one that reads it (VOS memory) may not.
     one_frame_per_batch: bool = True
+    # (name, version) of every stage behind this model; empty means the model itself alone.
+    stages: tuple[tuple[str, str], ...] = ()
+
+    def stage_list(self) -> list[tuple[str, str]]:
+        return list(self.stages) or [(self.name, self.version)]
 
 
 @dataclass
 class WorkItem:
-    """One frame of one session, as the batcher hands it to the runner."""
+    """One frame of one session, as the scheduler hands it to a runner."""
 
     session_id: str
     index: int
     time: float
     image: np.ndarray  # (H, W, 3) uint8 RGB
-    state: object  # what open_session returned
+    state: object  # what open_session returned (in `forward`: what forward_view returned)
     prompt: dict | None = None
     message: object = None  # the queue message it came in, acknowledged once answered
+
+    def viewing(self, state: object) -> "WorkItem":
+        return replace(self, state=state)
 
 
 @dataclass
 class FrameOutput:
-    """The result of one frame: objects in the shared schema's shape (service.schemas)."""
+    """The masks of one frame: instances (`objects`) and/or panoptic `segments`."""
 
     index: int
     time: float
-    objects: list[dict] = field(default_factory=list)
+    objects: list[DetectedObject] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
 
 
-ItemResult = list[FrameOutput] | Exception
+@dataclass
+class ActionsOutput:
+    """Action labels of tracked objects, scored at `key_frame` (a clip model answers late)."""
+
+    key_frame: int
+    time: float
+    tracks: list[TrackActions] = field(default_factory=list)
+
+
+Output = FrameOutput | ActionsOutput
+
+
+class BatchedForward(ABC):
+    """The batched, state-reading, retryable pass; shared by the runners that share weights."""
+
+    name: str = "forward"
+
+    @abstractmethod
+    def run(self, items: list[WorkItem]) -> list[Any]:
+        """One pass over all items (their `state` is a read-only view); one output per item.
+
+        An item's output may be an exception instance: that frame's own error (a prompt that does
+        not fit, say), answered without its step while the other items go on."""
 
 
 class ModelRunner(ABC):
     info: ModelInfo
+    forward: BatchedForward
 
     @property
     def stateful(self) -> bool:
@@ -76,13 +121,34 @@ class ModelRunner(ABC):
     def open_session(self, options: dict) -> object:
         """Validate the session's options (raise OptionError) and return its state."""
 
-    @abstractmethod
-    def run_batch(self, items: list[WorkItem]) -> list["ItemResult"]:
-        """One forward pass over all items; per item, the outputs it completes or its error."""
+    def forward_view(self, state: object) -> object:
+        """What `forward` may read of a session's state (a pipeline shows its first stage's)."""
+        return state
 
-    def flush(self, state: object) -> list[FrameOutput]:
+    @abstractmethod
+    def step(self, item: WorkItem, output: Any) -> list[Output]:
+        """Commit one frame to its session's state; the outputs it completes (maybe none)."""
+
+    def flush(self, state: object) -> list[Output]:
         """Outputs still held back when a session ends (clip-level models)."""
         return []
 
     def close_session(self, state: object) -> None:  # noqa: B027 - optional hook
         """Free what the session holds (most state is freed with the object itself)."""
+
+
+def run_frames(runner: ModelRunner, items: list[WorkItem]) -> list[list[Output] | Exception]:
+    """Forward then step, as the worker does, for callers that run a model directly (`vidserve
+    segment`, benchmarks); per item its outputs or its error. A failed forward raises."""
+    views = [item.viewing(runner.forward_view(item.state)) for item in items]
+    outputs = runner.forward.run(views)
+    results: list[list[Output] | Exception] = []
+    for item, output in zip(items, outputs, strict=True):
+        if isinstance(output, Exception):
+            results.append(output)
+            continue
+        try:
+            results.append(runner.step(item, output))
+        except Exception as error:
+            results.append(error)
+    return results

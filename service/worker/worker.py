@@ -1,9 +1,11 @@
-"""The worker: models on the device, sessions with their state, one batcher per model version.
+"""The worker: models on the device, sessions with their state, one scheduler for the device.
 
 It reads messages from a transport (in-process or Redis), keeps each session on the model version
 it started with (a newly installed version takes new sessions only; the old one is freed when its
-last session ends), expires idle sessions, and answers every frame: with its result, or with an
-error that names the frame. No input reaches the batcher that could stop it.
+last session ends), expires idle sessions, and answers every frame it takes: exactly one reply per
+frame says it was taken (its own result, its error, or a bare TAKEN when its result comes later);
+results for earlier frames (a clip model's key frames) may follow at any time; a closing session is
+flushed before its END reply. No input reaches the scheduler that could stop it.
 """
 
 import logging
@@ -12,9 +14,24 @@ import time
 from dataclasses import dataclass, field
 
 from service.queue.base import WorkerTransport
-from service.queue.messages import CloseSession, ErrorCode, Frame, OpenSession, Reply
-from service.worker.batcher import Batcher
-from service.worker.runner import ItemResult, ModelInfo, ModelRunner, OptionError, WorkItem
+from service.queue.messages import (
+    CloseSession,
+    ErrorCode,
+    Frame,
+    OpenSession,
+    Reply,
+    ReplyKind,
+)
+from service.worker.runner import (
+    ActionsOutput,
+    FrameOutput,
+    ModelInfo,
+    ModelRunner,
+    OptionError,
+    Output,
+    WorkItem,
+)
+from service.worker.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +42,9 @@ class WorkerConfig:
     max_wait_ms: float = 5.0
     max_sessions: int = 256
     session_idle_s: float = 60.0
+    # A model with this many frames taken and unanswered here is "busy": a transport with shared
+    # work (Redis' per-model streams) leaves that model's frames to other workers meanwhile.
+    max_queued_per_model: int = 16
 
 
 @dataclass
@@ -36,6 +56,10 @@ class Session:
     last_active: float = field(default_factory=time.monotonic)
     in_flight: int = 0
     closing: bool = False
+    # Opened by a stateless frame that arrived on its own (Redis: any worker takes any frame, and
+    # no close ever reaches this worker): it ends as soon as its frames are answered and never
+    # counts against max_sessions.
+    implicit: bool = False
 
 
 class Worker:
@@ -46,23 +70,24 @@ class Worker:
         self.config = config or WorkerConfig()
         self.metrics = metrics
         self._current: dict[str, ModelRunner] = {}  # model name -> version for new sessions
-        self._batchers: dict[int, Batcher] = {}  # id(runner) -> its batcher
+        self._installed: set[int] = set()  # id() of every runner the scheduler knows
         self._sessions: dict[str, Session] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self.scheduler = Scheduler(
+            self.config.max_batch_size,
+            self.config.max_wait_ms,
+            on_done=self._item_done,
+            on_batch=self._observe_batch,
+        )
 
     # --- models -----------------------------------------------------------------------------
     def install(self, runner: ModelRunner) -> None:
         """Serve `runner` to new sessions of its model; sessions already open keep theirs."""
         with self._lock:
             old = self._current.get(runner.info.name)
-            self._batchers[id(runner)] = Batcher(
-                runner,
-                self.config.max_batch_size,
-                self.config.max_wait_ms,
-                on_done=self._batch_done,
-                on_batch=self._observe_batch,
-            )
+            self.scheduler.add_runner(runner)
+            self._installed.add(id(runner))
             self._current[runner.info.name] = runner
             log.info("serving %s version %s", runner.info.name, runner.info.version)
             if old is not None:
@@ -76,20 +101,26 @@ class Worker:
         with self._lock:
             return self._current.get(name)
 
-    def queue_depth(self) -> int:
-        with self._lock:
-            return sum(b.queue_depth() for b in self._batchers.values())
+    def queue_depth(self, model: str | None = None) -> int:
+        return self.scheduler.queue_depth(model)
 
     def session_count(self) -> int:
         with self._lock:
-            return len(self._sessions)
+            return sum(not s.implicit for s in self._sessions.values())
+
+    def busy_models(self) -> frozenset[str]:
+        limit = self.config.max_queued_per_model
+        with self._lock:
+            names = list(self._current)
+        return frozenset(n for n in names if self.scheduler.queue_depth(n) >= limit)
 
     def _release_if_unused(self, runner: ModelRunner) -> None:
         in_use = runner is self._current.get(runner.info.name) or any(
             s.runner is runner for s in self._sessions.values()
         )
-        if not in_use and id(runner) in self._batchers:
-            self._batchers.pop(id(runner)).stop()
+        if not in_use and id(runner) in self._installed:
+            self._installed.discard(id(runner))
+            self.scheduler.remove_runner(runner)
             log.info("freed %s version %s", runner.info.name, runner.info.version)
 
     # --- the loop -----------------------------------------------------------------------------
@@ -97,11 +128,7 @@ class Worker:
         """Serve until `stop()`; call from the thread that owns this worker."""
         last_sweep = time.monotonic()
         while not self._stop.is_set():
-            if self.queue_depth() >= 2 * self.config.max_batch_size:
-                # Enough work queued here: leave the shared streams' frames to idle workers.
-                self._stop.wait(0.002)
-                continue
-            for message in self.transport.fetch(timeout=0.1):
+            for message in self.transport.fetch(timeout=0.1, busy=self.busy_models()):
                 self.handle(message)
             if time.monotonic() - last_sweep > 1.0:
                 self._expire_idle_sessions()
@@ -109,9 +136,7 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
-        with self._lock:
-            for batcher in self._batchers.values():
-                batcher.stop()
+        self.scheduler.stop()
 
     def handle(self, message) -> None:
         try:
@@ -126,9 +151,9 @@ class Worker:
             self._reply(
                 Reply(
                     message.session_id,
+                    kind=ReplyKind.END,
                     error_code=ErrorCode.INTERNAL,
                     error="internal error in the worker",
-                    closed=True,
                 ),
                 message.reply_to,
             )
@@ -140,66 +165,64 @@ class Worker:
             self._reply(
                 Reply(
                     msg.session_id,
+                    kind=ReplyKind.END,
                     model=msg.model,
                     error_code=error[0],
                     error=error[1],
-                    closed=True,
                 ),
                 msg.reply_to,
             )
 
     def _open_session(
-        self, session_id: str, model: str, options: dict, reply_to: str
+        self, session_id: str, model: str, options: dict, reply_to: str, implicit: bool = False
     ) -> tuple[ErrorCode, str] | None:
         runner = self._current.get(model)
         if runner is None:
             return ErrorCode.NOT_FOUND, f"model '{model}' is not served by this worker"
         if session_id in self._sessions:
             return ErrorCode.INVALID_ARGUMENT, f"session {session_id} is already open"
-        if len(self._sessions) >= self.config.max_sessions:
+        if not implicit and self.session_count() >= self.config.max_sessions:
             return ErrorCode.RESOURCE_EXHAUSTED, "the worker holds its maximum of sessions"
         try:
             state = runner.open_session(dict(options))
         except OptionError as e:
             return ErrorCode.INVALID_ARGUMENT, str(e)
-        self._sessions[session_id] = Session(session_id, runner, state, reply_to)
-        self._batchers[id(runner)].open_sessions += 1
+        self._sessions[session_id] = Session(session_id, runner, state, reply_to, implicit=implicit)
+        self.scheduler.session_opened(runner)
         return None
 
     def _frame(self, msg: Frame) -> None:
         with self._lock:
             session = self._sessions.get(msg.session_id)
+            error = None
             if session is None and msg.model:
                 # Stateless routing: any worker may get any frame, with the options it carries.
                 runner = self._current.get(msg.model)
                 if runner is not None and not runner.stateful:
-                    self._open_session(msg.session_id, msg.model, msg.options, msg.reply_to)
+                    error = self._open_session(
+                        msg.session_id, msg.model, msg.options, msg.reply_to, implicit=True
+                    )
                     session = self._sessions.get(msg.session_id)
             if session is None:
+                code, text = error or (
+                    ErrorCode.STATE_LOST,
+                    "session state lost: this worker does not hold the session (it expired, "
+                    "ended, or its worker restarted)",
+                )
                 self._reply(
-                    Reply(
-                        msg.session_id,
-                        index=msg.index,
-                        error_code=ErrorCode.STATE_LOST,
-                        error="session state lost: this worker does not hold the "
-                        "session (it expired, ended, or its worker restarted)",
-                    ),
+                    Reply(msg.session_id, index=msg.index, taken=True, error_code=code, error=text),
                     msg.reply_to,
                 )
                 self.transport.done(msg)
                 return
+            if msg.image is None:
+                raise ValueError("a frame reached the worker undecoded")
             session.in_flight += 1
             session.last_active = time.monotonic()
             item = WorkItem(
-                msg.session_id,
-                msg.index,
-                msg.time,
-                msg.image,
-                session.state,
-                msg.prompt,
-                message=msg,
+                msg.session_id, msg.index, msg.time, msg.image, session.state, msg.prompt, msg
             )
-            self._batchers[id(session.runner)].submit(item)
+            self.scheduler.submit(session.runner, item)
 
     def _close(self, msg: CloseSession) -> None:
         with self._lock:
@@ -215,19 +238,24 @@ class Worker:
         self._forget(session)
         runner = session.runner
         try:
-            for out in runner.flush(session.state):
-                self._reply(self._result_reply(session, out), session.reply_to)
+            if error is None:
+                for out in runner.flush(session.state):
+                    self._reply(self._output_reply(session, out, taken=False), session.reply_to)
+        except Exception as e:
+            log.exception("flushing session %s failed", session.session_id)
+            error = (ErrorCode.INTERNAL, f"flushing the session failed: {e}")
         finally:
             runner.close_session(session.state)
             code, text = error if error else (None, "")
             self._reply(
                 Reply(
                     session.session_id,
+                    kind=ReplyKind.END,
                     model=runner.info.name,
                     model_version=runner.info.version,
+                    stages=runner.info.stage_list(),
                     error_code=code,
                     error=text,
-                    closed=True,
                 ),
                 session.reply_to,
             )
@@ -235,9 +263,7 @@ class Worker:
 
     def _forget(self, session: Session) -> None:
         if self._sessions.pop(session.session_id, None) is not None:
-            batcher = self._batchers.get(id(session.runner))
-            if batcher is not None:
-                batcher.open_sessions -= 1
+            self.scheduler.session_opened(session.runner, -1)
 
     def _expire_idle_sessions(self) -> None:
         now = time.monotonic()
@@ -264,54 +290,106 @@ class Worker:
                 else:
                     self._forget(session)
                     session.runner.close_session(session.state)
+                    self._release_if_unused(session.runner)
 
     # --- results ------------------------------------------------------------------------------
-    def _observe_batch(self, size: int) -> None:
+    def _observe_batch(self, forward: str, size: int) -> None:
         if self.metrics is not None:
             self.metrics.batch_size.observe(size)
 
-    def _batch_done(self, items: list[WorkItem], results: list[ItemResult]) -> None:
-        for item, result in zip(items, results, strict=True):
-            with self._lock:
-                session = self._sessions.get(item.session_id)
-            if session is None:
-                continue
-            if isinstance(result, Exception):
-                reply = Reply(
-                    item.session_id,
-                    index=item.index,
-                    time=item.time,
-                    model=session.runner.info.name,
-                    model_version=session.runner.info.version,
-                    error_code=ErrorCode.INVALID_ARGUMENT
-                    if isinstance(result, OptionError)
-                    else ErrorCode.INTERNAL,
-                    error=f"frame {item.index}: {result}",
-                )
+    def _item_done(
+        self, runner: ModelRunner, item: WorkItem, result: list[Output] | Exception
+    ) -> None:
+        """The scheduler finished a frame: answer it (exactly one reply marks it taken)."""
+        with self._lock:
+            session = self._sessions.get(item.session_id)
+        if session is not None:
+            for reply in self._replies_for(session, item, result):
                 self._reply(reply, session.reply_to)
-            else:
-                for out in result:
-                    self._reply(self._result_reply(session, out), session.reply_to)
-            self.transport.done(item.message)
-            with self._lock:
-                session.in_flight -= 1
-                session.last_active = time.monotonic()
-                if session.closing and session.in_flight == 0:
+        self.transport.done(item.message)
+        if session is None:
+            return
+        with self._lock:
+            session.in_flight -= 1
+            session.last_active = time.monotonic()
+            if session.in_flight == 0:
+                if session.closing:
                     self._finish(session)
+                elif session.implicit:
+                    self._forget(session)
+                    runner.close_session(session.state)
+                    self._release_if_unused(runner)
 
-    def _result_reply(self, session: Session, out) -> Reply:
-        info = session.runner.info
-        return Reply(
-            session.session_id,
-            index=out.index,
-            time=out.time,
-            objects=out.objects,
-            model=info.name,
-            model_version=info.version,
-        )
+    def _replies_for(
+        self, session: Session, item: WorkItem, result: list[Output] | Exception
+    ) -> list[Reply]:
+        if isinstance(result, Exception):
+            code = (
+                ErrorCode.INVALID_ARGUMENT
+                if isinstance(result, OptionError)
+                else ErrorCode.INTERNAL
+            )
+            return [
+                self._stamp(
+                    Reply(
+                        item.session_id,
+                        index=item.index,
+                        time=item.time,
+                        taken=True,
+                        error_code=code,
+                        error=f"frame {item.index}: {result}",
+                    ),
+                    session,
+                )
+            ]
+        replies, taken = [], False
+        for out in result:
+            own = isinstance(out, FrameOutput) and out.index == item.index and not taken
+            taken = taken or own
+            replies.append(self._output_reply(session, out, taken=own))
+        if not taken:
+            bare = Reply(item.session_id, index=item.index, kind=ReplyKind.TAKEN, taken=True)
+            replies.append(self._stamp(bare, session))
+        return replies
+
+    def _output_reply(self, session: Session, out: Output, taken: bool) -> Reply:
+        return output_reply(session.session_id, out, session.runner.info, taken)
+
+    @staticmethod
+    def _stamp(reply: Reply, session: Session) -> Reply:
+        return _stamp(reply, session.runner.info)
 
     def _reply(self, reply: Reply, reply_to: str) -> None:
         try:
             self.transport.reply(reply, reply_to)
         except Exception:
             log.exception("could not send a reply for session %s", reply.session_id)
+
+
+def output_reply(session_id: str, out: Output, info: ModelInfo, taken: bool) -> Reply:
+    """The reply that carries a runner's output to the gateway."""
+    if isinstance(out, ActionsOutput):
+        reply = Reply(
+            session_id,
+            index=out.key_frame,
+            kind=ReplyKind.ACTIONS,
+            time=out.time,
+            tracks=out.tracks,
+        )
+    else:
+        reply = Reply(
+            session_id,
+            index=out.index,
+            kind=ReplyKind.FRAME,
+            taken=taken,
+            time=out.time,
+            objects=out.objects,
+            segments=out.segments,
+        )
+    return _stamp(reply, info)
+
+
+def _stamp(reply: Reply, info: ModelInfo) -> Reply:
+    reply.model, reply.model_version = info.name, info.version
+    reply.stages = info.stage_list()
+    return reply

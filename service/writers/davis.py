@@ -2,7 +2,8 @@
 
 REST answers them zipped (`Accept: application/zip`), `vidserve segment --davis-out DIR` writes
 them into a folder; both name a frame's PNG by its index in the video (00000.png, ...), as the
-DAVIS evaluation expects.
+DAVIS evaluation expects (`<predictions>/<video>/<frame>.png`: write into a folder named like the
+video).
 """
 
 import io
@@ -14,7 +15,7 @@ import numpy as np
 
 from models.data.davis import write_palette_png
 from models.data.rle import decode_rle
-from service.schemas import FrameResult
+from service.schemas import FrameResult, SegmentResponse
 
 ZIP = "application/zip"
 
@@ -35,12 +36,18 @@ def id_map(frame: FrameResult, height: int, width: int) -> np.ndarray:
 
 def write_davis_pngs(frames: Iterable[FrameResult], height: int, width: int, folder: Path) -> int:
     """One palette PNG per frame into `folder` (created); returns how many were written."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     count = 0
     for frame in frames:
         write_palette_png(folder / png_name(frame.frame_index), id_map(frame, height, width))
         count += 1
     return count
+
+
+def write_davis(response: SegmentResponse, folder: Path) -> int:
+    """The response's frames as palette PNGs into `folder` (write_davis_pngs)."""
+    return write_davis_pngs(response.frames, response.height, response.width, folder)
 
 
 def davis_zip(frames: Iterable[FrameResult], height: int, width: int) -> bytes:

@@ -116,6 +116,67 @@ def test_dockerfile_commands_ports_and_settings():
     assert user.split(":")[0].isdigit() and int(user.split(":")[0]) != 0, "a numeric non-root"
 
 
+def documented_runs() -> list[tuple[list[str], dict[str, str], bool]]:
+    """The Dockerfile's example `docker run`s: (command, environment, healthcheck on), the
+    environment being the image's ENV with the run's -e on top, the command the image's CMD
+    when the run names none."""
+    instructions = dockerfile_instructions()
+    image_env = dict(
+        item.split("=", 1)
+        for word, rest in instructions
+        if word == "ENV"
+        for item in shlex.split(rest)
+    )
+    default = json.loads(next(rest for word, rest in instructions if word == "CMD"))
+    runs = []
+    for line in DOCKERFILE.read_text().splitlines():
+        text = line.lstrip("# ")
+        if not (line.startswith("#") and text.startswith("docker run ")):
+            continue
+        words = shlex.split(text.split(" # ")[0])
+        env, healthcheck, rest = dict(image_env), True, words[2:]
+        while rest[0].startswith("-"):
+            flag = rest.pop(0)
+            if flag in ("-e", "--env"):
+                key, value = rest.pop(0).split("=", 1)
+                env[key] = value
+            elif flag == "--no-healthcheck":
+                healthcheck = False
+            elif flag in ("-p", "--publish", "-v", "--volume", "--name", "--gpus"):
+                rest.pop(0)
+        assert rest[0] == "vidserve", f"{line}: the image is the one built above"
+        runs.append((rest[1:] or default, env, healthcheck))
+    return runs
+
+
+def test_every_documented_docker_run_is_healthy():
+    """The HEALTHCHECK polls (deploy/healthcheck.py) VIDSERVE_WORKER_PORT when set, else
+    VIDSERVE_PORT: in each documented run that must be the port the command serves /healthz on
+    (a gateway: its REST port; a worker: its health port, off unless set), or the run must turn
+    the healthcheck off (a job such as training serves nothing)."""
+    runs = documented_runs()
+    assert {tuple(command[:2]) for command, _, _ in runs} >= {
+        ("vidserve", "serve"),
+        ("vidserve", "worker"),
+    }
+    for command, env, healthcheck in runs:
+        check_command(command)
+        settings = Settings(**{SETTINGS[k]: v for k, v in env.items() if k in SETTINGS})
+        serves = None  # the port this command answers /healthz on
+        if command[:2] == ["vidserve", "serve"]:
+            serves = settings.port
+        elif command[:2] == ["vidserve", "worker"]:
+            serves = settings.worker_port
+        if not healthcheck:
+            assert serves is None, f"{command}: a service with its healthcheck off"
+            continue
+        polled = int(env.get("VIDSERVE_WORKER_PORT") or env.get("VIDSERVE_PORT", "8000"))
+        assert serves == polled, (
+            f"docker run ... {' '.join(command)}: the healthcheck polls port {polled}, "
+            f"the command serves /healthz on {serves}"
+        )
+
+
 def test_every_vidserve_variable_named_anywhere_is_a_setting():
     for path in DEPLOY_FILES:
         for name in set(re.findall(r"\bVIDSERVE_[A-Z0-9_]+\b", path.read_text())):

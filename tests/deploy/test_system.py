@@ -1,7 +1,8 @@
 """The whole system as docker-compose.yml (with the CPU override) describes it, run as local
 processes: the compose commands, environments and start-up order, with the compose service names
-and volumes mapped to this machine. Redis is the real one on 127.0.0.1:6379 (a database of its
-own), the checkpoint volume a temporary folder seeded by the same script the compose file runs.
+and volumes mapped to this machine. Redis is a redis-server the tests start themselves
+(tests/redis_server.py, a database of its own), the checkpoint volume a temporary folder seeded by
+the same script the compose file runs.
 
 A trainer run of a few iterations then publishes a checkpoint and announces it; the running
 workers load it and new requests report the new version. The workers' store polling is slowed
@@ -26,7 +27,7 @@ from service.settings import SHIPPED_CHECKPOINTS
 from tests.deploy.files import COMPOSE, COMPOSE_CPU, ROOT, load_compose
 from tests.service.conftest import free_port
 
-REDIS_URL = "redis://127.0.0.1:6379/8"  # a database of its own, emptied first
+REDIS_DB = 3  # of the tests' own redis-server (tests/service/test_redis.py has 1 and 2)
 BIN = Path(sys.executable).parent  # the environment's `vidserve`
 TRAINER_ARGS = ["--iters", "3", "--batch-size", "2", "--val-videos", "1", "--seed", "3"]
 TINY_DATA = {"TRAIN_VIDEOS": "3", "TRAIN_FRAMES": "6", "TRAIN_SIZE": "128x96"}
@@ -35,8 +36,9 @@ TINY_DATA = {"TRAIN_VIDEOS": "3", "TRAIN_FRAMES": "6", "TRAIN_SIZE": "128x96"}
 class Compose:
     """Services of the compose files as local processes."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, redis_url: str):
         self.root = root
+        self.redis_url = redis_url  # what the compose file's redis://redis:6379 is here
         self.paths = {  # container path -> this machine
             "/app": str(ROOT),
             "/checkpoints": str(root / "checkpoints"),
@@ -60,7 +62,7 @@ class Compose:
     def local(self, value: str) -> str:
         """A value as the compose file has it, with container paths and hosts mapped here."""
         if value.startswith("redis://redis:6379"):
-            return REDIS_URL
+            return self.redis_url
         for inside, here in self.paths.items():
             if value == inside or value.startswith(inside + "/"):
                 return here + value[len(inside) :]
@@ -141,14 +143,11 @@ def ready(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory):
+def system(tmp_path_factory, redis_server):
     if not any(SHIPPED_CHECKPOINTS.glob("*/*/*/manifest.json")):
         pytest.fail(f"no shipped checkpoint in {SHIPPED_CHECKPOINTS}")
-    try:
-        redis.Redis.from_url(REDIS_URL).flushdb()
-    except redis.ConnectionError:
-        pytest.fail("the Redis server on 127.0.0.1:6379 is not running")
-    compose = Compose(tmp_path_factory.mktemp("compose"))
+    redis_server.client(REDIS_DB).flushdb()  # the tests' own server: nothing else lives there
+    compose = Compose(tmp_path_factory.mktemp("compose"), redis_server.url(REDIS_DB))
     try:
         # checkpoints-init: the shipped checkpoint into the (empty) volume.
         seeded = compose.run("checkpoints-init")
@@ -206,7 +205,7 @@ def test_the_system_comes_up_and_serves_the_shipped_checkpoint(system, video_fil
     assert segment(url, video_file, "masktrack")["model_version"] == version
     assert segment(url, video_file, "masktrack-instance")["model_version"] == version
     # The stream and consumer group that KEDA's trigger (deploy/k8s) watches exist, with a lag.
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(compose.redis_url)
     groups = client.xinfo_groups(work_stream("masktrack-instance"))
     assert [g["name"].decode() for g in groups] == [GROUP]
     assert "lag" in groups[0] and "pending" in groups[0]

@@ -82,3 +82,21 @@ def test_grpc_stream_cancelled_stops_the_session(server, long_video):
     asyncio.run(cancel_after_two())
     done = settle(server) - before
     assert done < FRAMES - WINDOW, f"{done} of {FRAMES} frames were still processed"
+
+
+def test_rest_json_client_hanging_up_stops_the_session(server, long_video):
+    """A client waiting for the whole JSON answer hangs up: its session stops within about a
+    second (the frames answered after it left are those already with the worker, a window)."""
+    before = settle(server)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{server.url}/v1/segment",
+            timeout=httpx.Timeout(120, read=1.5),  # hang up 1.5 s into the answer
+            files={"video": ("v.mp4", long_video.read_bytes())},
+        )
+    at_hangup = frames_answered(server) - before
+    time.sleep(1.0)
+    a_second_later = frames_answered(server) - before
+    done = settle(server) - before
+    assert a_second_later <= at_hangup + WINDOW + 2, "work went on after the client left"
+    assert done < FRAMES - WINDOW, f"{done} of {FRAMES} frames were still processed"

@@ -2,6 +2,8 @@
 
 import asyncio
 import re
+import struct
+from pathlib import Path
 
 import cv2
 import grpc
@@ -12,9 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from models.data.video import read_video
+from service.gateway.grpc_convert import frame_from_proto as from_proto
 from service.gateway.grpc_gen import vidserve_pb2 as pb
 from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc
-from service.gateway.grpc_server import from_proto
 from tests.service.test_rest import LOW, assert_same_frames, post
 
 THRESHOLD = float(LOW["score_threshold"])
@@ -122,6 +124,38 @@ def call_stream(server, requests):
         return list(stub.StreamFrames(iter(requests), timeout=60))
 
 
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A real 8x8 JPEG (a few hundred bytes) whose frame header claims another size."""
+    data = bytearray(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length, precision, height, width
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_an_image_bomb_costs_nothing_and_delays_no_one(server, video_file):
+    """A JPEG of a few hundred bytes claiming 16000x16000 is refused from its header: the
+    server's memory does not move, and a stream beside it goes on."""
+    frames, _ = read_video(video_file, max_frames=6)
+    bomb = jpeg_claiming(16000, 16000)
+    assert len(bomb) < 1000
+    config = pb.StreamRequest(config=pb.SessionConfig())
+    before = rss_bytes(server.process.pid)
+    for _ in range(5):
+        with pytest.raises(grpc.RpcError) as raised:
+            call_stream(server, [config, pb.StreamRequest(frame=pb.ImageFrame(image=bomb))])
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rss_bytes(server.process.pid) - before < 50 * 1024 * 1024
+    results = call_stream(server, [config] + [frame_request(f, i) for i, f in enumerate(frames)])
+    assert [r.frame_index for r in results] == list(range(6))
+
+
 def frame_request(image: np.ndarray, index: int):
     return pb.StreamRequest(frame=pb.ImageFrame(image=png(image), frame_index=index))
 
@@ -135,6 +169,9 @@ def frame_request(image: np.ndarray, index: int):
         ("second_config", grpc.StatusCode.INVALID_ARGUMENT, "only the first message"),
         ("unknown_model", grpc.StatusCode.NOT_FOUND, "not served"),
         ("bad_threshold", grpc.StatusCode.INVALID_ARGUMENT, "score_threshold"),
+        ("index_repeated", grpc.StatusCode.INVALID_ARGUMENT, "indices must increase"),
+        ("index_going_back", grpc.StatusCode.INVALID_ARGUMENT, "frame_index 0 follows 1"),
+        ("jpeg_claiming_16000x16000", grpc.StatusCode.INVALID_ARGUMENT, "16000x16000"),
     ],
 )
 def test_bad_stream_input(server, video_file, case, code, words):
@@ -155,6 +192,12 @@ def test_bad_stream_input(server, video_file, case, code, words):
         "second_config": [config, frame_request(frames[0], 0), config],
         "unknown_model": [pb.StreamRequest(config=pb.SessionConfig(model="nope"))],
         "bad_threshold": [pb.StreamRequest(config=pb.SessionConfig(score_threshold=3.0))],
+        "index_repeated": [config, frame_request(frames[0], 0), frame_request(frames[1], 0)],
+        "index_going_back": [config, frame_request(frames[0], 1), frame_request(frames[1], 0)],
+        "jpeg_claiming_16000x16000": [
+            config,
+            pb.StreamRequest(frame=pb.ImageFrame(image=jpeg_claiming(16000, 16000))),
+        ],
     }
     with pytest.raises(grpc.RpcError) as raised:
         call_stream(server, cases[case])

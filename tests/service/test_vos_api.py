@@ -4,7 +4,9 @@ the local command giving what REST gives."""
 
 import io
 import json
+import struct
 import zipfile
+import zlib
 
 import grpc
 import httpx
@@ -18,9 +20,9 @@ from models.data.rle import decode_rle, encode_mask
 from models.data.synthetic.export import generate_video
 from models.data.video import read_video
 from service.cli import app
+from service.gateway.grpc_convert import frame_from_proto as from_proto
 from service.gateway.grpc_gen import vidserve_pb2 as pb
 from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc
-from service.gateway.grpc_server import from_proto
 from tests.service.conftest import VIDEO_WORLD
 from tests.service.test_grpc import png
 from tests.service.test_rest import assert_same_frames
@@ -133,6 +135,8 @@ def png_bytes(ids: np.ndarray, mode: str = "L") -> bytes:
         ("not_json", 400, "not json"),
         ("option_not_taken", 422, "unknown option"),
         ("zip_of_masktrack", 406, "vos models"),
+        ("rle_claiming_a_huge_mask", 422, "100000x100000, over 400x300"),
+        ("png_claiming_a_huge_image", 422, "30000x30000, over 400x300"),
     ],
 )
 def test_bad_prompts_get_clear_problems(server, video_file, prompt_png, truth, case, status, words):
@@ -155,12 +159,27 @@ def test_bad_prompts_get_clear_problems(server, video_file, prompt_png, truth, c
         "not_json": ({"prompt_rle": "{1: nope"}, None, {}),
         "option_not_taken": ({"score_threshold": "0.5"}, prompt_png, {}),
         "zip_of_masktrack": ({"model": "masktrack"}, None, {"Accept": "application/zip"}),
+        # A few bytes that claim a huge size are refused before anything is allocated.
+        "rle_claiming_a_huge_mask": (
+            {"prompt_rle": json.dumps({"1": {"size": [100000, 100000], "counts": "0"}})},
+            None,
+            {},
+        ),
+        "png_claiming_a_huge_image": ({}, png_claiming(30000, 30000), {}),
     }
     data, prompt, headers = cases[case]
     response = segment(server, video_file, data, prompt, headers)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert words in response.json()["detail"].lower()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A real 1x1 grayscale PNG whose header (IHDR, CRC fixed) claims another size."""
+    data = bytearray(png_bytes(np.ones((1, 1))))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
 
 
 def prompts_of(masks: dict[int, np.ndarray]) -> list:
@@ -213,6 +232,7 @@ def test_grpc_stream_takes_a_second_object_on_a_later_frame(server, video_file, 
         ("wrong_size", "the video is 320x240"),
         ("id_zero", "outside 1..255"),
         ("model_takes_none", "takes no prompt"),
+        ("rle_claiming_a_huge_mask", "100000x100000, over 320x240"),
     ],
 )
 def test_bad_grpc_prompts_are_invalid_arguments(server, video_file, truth, case, words):
@@ -222,6 +242,10 @@ def test_bad_grpc_prompts_are_invalid_arguments(server, video_file, truth, case,
         "wrong_size": ({0: prompts_of({1: np.ones((120, 160), bool)})}, "stcn"),
         "id_zero": ({0: prompts_of({0: truth[0] > 0})}, "stcn"),
         "model_takes_none": ({0: prompts_of({1: truth[0] > 0})}, "masktrack"),
+        "rle_claiming_a_huge_mask": (
+            {0: [pb.ObjectPrompt(object_id=1, mask=pb.Mask(size=[100000, 100000], counts="0"))]},
+            "stcn",
+        ),
     }
     prompts, model = cases[case]
     with pytest.raises(grpc.RpcError) as raised:

@@ -125,7 +125,7 @@ def test_new_version_takes_new_sessions_only(worker, runner):
         class_names = list(runner.classes)
         version = "v-next"
 
-    newer = VisRunner(runner.model, Manifest, "masktrack")
+    newer = VisRunner(runner.forward, Manifest, "masktrack")
     assert newer.info == replace(runner.info, version="v-next")
 
     async def scenario():

@@ -10,7 +10,7 @@ from vos_fixtures import box_mask, random_frames, tiny_config
 
 from models.data.rle import decode_rle, encode_mask
 from models.vos import STCN, VosSession
-from service.worker.runner import OptionError, WorkItem
+from service.worker.runner import OptionError, WorkItem, run_frames
 from service.worker.runners import vos as vos_runner
 from service.worker.runners.vos import VosRunner
 
@@ -54,38 +54,39 @@ def test_sessions_share_one_key_pass_and_match_their_own_runs(runner, key_passes
             item(states[k], t, frames[(t + k) % 3], prompts[k] if t == 0 else None, f"s{k}")
             for k in range(3)
         ]
-        outputs = runner.run_batch(batch)
+        outputs = run_frames(runner, batch)
         assert all(isinstance(out, list) and len(out) == 1 for out in outputs)
     assert key_passes == [3, 3, 3]
     # Session 2 alone, frame by frame, gives the same masks.
     alone = runner.open_session({})
     for t in range(3):
-        [[out]] = runner.run_batch(
-            [item(alone, t, frames[(t + 2) % 3], prompts[2] if t == 0 else None)]
+        [[out]] = run_frames(
+            runner, [item(alone, t, frames[(t + 2) % 3], prompts[2] if t == 0 else None)]
         )
     np.testing.assert_array_equal(
-        decode_rle(out.objects[0]["mask"]), decode_rle(outputs[2][0].objects[0]["mask"])
+        decode_rle(out.objects[0].mask.model_dump()),
+        decode_rle(outputs[2][0].objects[0].mask.model_dump()),
     )
 
 
 def test_objects_are_in_the_shared_schema(runner):
     state = runner.open_session({})
     mask = box_mask(H, W, 8, 10, 12)
-    [[out]] = runner.run_batch([item(state, 0, random_frames(1, H, W)[0], prompt_of(mask))])
+    [[out]] = run_frames(runner, [item(state, 0, random_frames(1, H, W)[0], prompt_of(mask))])
     [obj] = out.objects
-    assert obj["track_id"] == 1 and obj["category"] == "object" and obj["actions"] == []
-    assert obj["box"] == [10.0, 8.0, 22.0, 20.0] and obj["score"] == pytest.approx(1.0)
-    assert obj["mask"]["size"] == [H, W]
-    np.testing.assert_array_equal(decode_rle(obj["mask"]).astype(bool), mask)
+    assert obj.track_id == 1 and obj.category == "object" and obj.actions == []
+    assert obj.box == (10.0, 8.0, 22.0, 20.0) and obj.score == pytest.approx(1.0)
+    assert obj.mask.size == (H, W)
+    np.testing.assert_array_equal(decode_rle(obj.mask.model_dump()).astype(bool), mask)
 
 
 def test_frames_before_the_first_prompt_are_empty_and_skip_the_network(runner, key_passes):
     state = runner.open_session({})
     frames = random_frames(2, H, W)
-    [[first]] = runner.run_batch([item(state, 0, frames[0])])
+    [[first]] = run_frames(runner, [item(state, 0, frames[0])])
     assert first.objects == [] and key_passes == [0]
-    [[second]] = runner.run_batch([item(state, 1, frames[1], prompt_of(box_mask(H, W, 2, 2, 9)))])
-    assert [o["track_id"] for o in second.objects] == [1] and key_passes == [0, 1]
+    [[second]] = run_frames(runner, [item(state, 1, frames[1], prompt_of(box_mask(H, W, 2, 2, 9)))])
+    assert [o.track_id for o in second.objects] == [1] and key_passes == [0, 1]
 
 
 @pytest.mark.parametrize(
@@ -102,22 +103,23 @@ def test_frames_before_the_first_prompt_are_empty_and_skip_the_network(runner, k
 def test_a_bad_prompt_fails_its_item_only(runner, prompt, message):
     good, bad = runner.open_session({}), runner.open_session({})
     frame = random_frames(1, H, W)[0]
-    outputs = runner.run_batch(
+    outputs = run_frames(
+        runner,
         [
             item(good, 0, frame, prompt_of(box_mask(H, W, 4, 4, 10)), "good"),
             item(bad, 0, frame, prompt, "bad"),
-        ]
+        ],
     )
     assert isinstance(outputs[1], OptionError) and message in str(outputs[1])
-    assert [o["track_id"] for o in outputs[0][0].objects] == [1]
+    assert [o.track_id for o in outputs[0][0].objects] == [1]
 
 
 def test_a_frame_of_another_size_fails_its_item(runner):
     state = runner.open_session({})
-    runner.run_batch(
-        [item(state, 0, random_frames(1, H, W)[0], prompt_of(box_mask(H, W, 4, 4, 9)))]
+    run_frames(
+        runner, [item(state, 0, random_frames(1, H, W)[0], prompt_of(box_mask(H, W, 4, 4, 9)))]
     )
-    [error] = runner.run_batch([item(state, 1, random_frames(1, H + 16, W)[0])])
+    [error] = run_frames(runner, [item(state, 1, random_frames(1, H + 16, W)[0])])
     assert isinstance(error, OptionError) and "differs" in str(error)
 
 

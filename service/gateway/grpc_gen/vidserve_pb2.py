@@ -24,43 +24,55 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0evidserve.proto\x12\x0bvidserve.v1\"P\n\rSessionConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1c\n\x0fscore_threshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\x12\n\x10_score_threshold\"5\n\x04Mask\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06\x63ounts\x18\x03 \x01(\t\"B\n\x0cObjectPrompt\x12\x11\n\tobject_id\x18\x01 \x01(\x05\x12\x1f\n\x04mask\x18\x02 \x01(\x0b\x32\x11.vidserve.v1.Mask\"\x8d\x01\n\nImageFrame\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x18\n\x0b\x66rame_index\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\x04time\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12*\n\x07prompts\x18\x04 \x03(\x0b\x32\x19.vidserve.v1.ObjectPromptB\x0e\n\x0c_frame_indexB\x07\n\x05_time\"o\n\rStreamRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.vidserve.v1.SessionConfigH\x00\x12(\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x17.vidserve.v1.ImageFrameH\x00\x42\x06\n\x04kind\"+\n\x0b\x41\x63tionLabel\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xae\x01\n\x0e\x44\x65tectedObject\x12\x15\n\x08track_id\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0b\n\x03\x62ox\x18\x04 \x03(\x02\x12\x1f\n\x04mask\x18\x05 \x01(\x0b\x32\x11.vidserve.v1.Mask\x12)\n\x07\x61\x63tions\x18\x06 \x03(\x0b\x32\x18.vidserve.v1.ActionLabelB\x0b\n\t_track_id\"\x84\x01\n\x0b\x46rameResult\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x03\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12,\n\x07objects\x18\x03 \x03(\x0b\x32\x1b.vidserve.v1.DetectedObject\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"d\n\x0bVideoConfig\x12+\n\x07session\x18\x01 \x01(\x0b\x32\x1a.vidserve.v1.SessionConfig\x12\x14\n\x0c\x66rame_stride\x18\x02 \x01(\x05\x12\x12\n\nmax_frames\x18\x03 \x01(\x05\"P\n\nVideoChunk\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x18.vidserve.v1.VideoConfigH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"~\n\x0cTrackSummary\x12\x10\n\x08track_id\x18\x01 \x01(\x05\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x13\n\x0b\x66irst_frame\x18\x04 \x01(\x03\x12\x12\n\nlast_frame\x18\x05 \x01(\x03\x12\x12\n\nnum_frames\x18\x06 \x01(\x03\"\xb8\x01\n\x0fSegmentResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x0b\n\x03\x66ps\x18\x05 \x01(\x01\x12(\n\x06\x66rames\x18\x06 \x03(\x0b\x32\x18.vidserve.v1.FrameResult\x12)\n\x06tracks\x18\x07 \x03(\x0b\x32\x19.vidserve.v1.TrackSummary\"\x13\n\x11ListModelsRequest\"_\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\t\x12\x14\n\x0ctakes_prompt\x18\x05 \x01(\x08\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.vidserve.v1.ModelInfo2\xf5\x01\n\x11VideoSegmentation\x12H\n\x0cStreamFrames\x12\x1a.vidserve.v1.StreamRequest\x1a\x18.vidserve.v1.FrameResult(\x01\x30\x01\x12G\n\x0cSegmentVideo\x12\x17.vidserve.v1.VideoChunk\x1a\x1c.vidserve.v1.SegmentResponse(\x01\x12M\n\nListModels\x12\x1e.vidserve.v1.ListModelsRequest\x1a\x1f.vidserve.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0evidserve.proto\x12\x0bvidserve.v1\"a\n\rSessionConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1c\n\x0fscore_threshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x0f\n\x07summary\x18\x03 \x01(\x08\x42\x12\n\x10_score_threshold\"K\n\x04Mask\x12\x12\n\x06height\x18\x01 \x01(\x05\x42\x02\x18\x01\x12\x11\n\x05width\x18\x02 \x01(\x05\x42\x02\x18\x01\x12\x0e\n\x06\x63ounts\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x03(\x05\"B\n\x0cObjectPrompt\x12\x11\n\tobject_id\x18\x01 \x01(\x05\x12\x1f\n\x04mask\x18\x02 \x01(\x0b\x32\x11.vidserve.v1.Mask\"\x8d\x01\n\nImageFrame\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x18\n\x0b\x66rame_index\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\x04time\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12*\n\x07prompts\x18\x04 \x03(\x0b\x32\x19.vidserve.v1.ObjectPromptB\x0e\n\x0c_frame_indexB\x07\n\x05_time\"o\n\rStreamRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.vidserve.v1.SessionConfigH\x00\x12(\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x17.vidserve.v1.ImageFrameH\x00\x42\x06\n\x04kind\"Q\n\x0b\x41\x63tionLabel\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x16\n\tkey_frame\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x0c\n\n_key_frame\"&\n\x05Stage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x9a\x01\n\x07Segment\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x0f\n\x07isthing\x18\x03 \x01(\x08\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0c\n\x04\x61rea\x18\x05 \x01(\x03\x12\x1f\n\x04mask\x18\x06 \x01(\x0b\x32\x11.vidserve.v1.Mask\x12\x15\n\x08track_id\x18\x07 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_track_id\"K\n\x0cTrackActions\x12\x10\n\x08track_id\x18\x01 \x01(\x05\x12)\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32\x18.vidserve.v1.ActionLabel\"\xae\x01\n\x0e\x44\x65tectedObject\x12\x15\n\x08track_id\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0b\n\x03\x62ox\x18\x04 \x03(\x02\x12\x1f\n\x04mask\x18\x05 \x01(\x0b\x32\x11.vidserve.v1.Mask\x12)\n\x07\x61\x63tions\x18\x06 \x03(\x0b\x32\x18.vidserve.v1.ActionLabelB\x0b\n\t_track_id\"\x91\x03\n\x0b\x46rameResult\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x03\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12,\n\x07objects\x18\x03 \x03(\x0b\x32\x1b.vidserve.v1.DetectedObject\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12&\n\x08segments\x18\x06 \x03(\x0b\x32\x14.vidserve.v1.Segment\x12\"\n\x06stages\x18\x07 \x03(\x0b\x32\x12.vidserve.v1.Stage\x12\x30\n\x04kind\x18\x08 \x01(\x0e\x32\".vidserve.v1.FrameResult.EventKind\x12\x30\n\rtrack_actions\x18\t \x03(\x0b\x32\x19.vidserve.v1.TrackActions\x12)\n\x06tracks\x18\n \x03(\x0b\x32\x19.vidserve.v1.TrackSummary\"0\n\tEventKind\x12\t\n\x05\x46RAME\x10\x00\x12\x0b\n\x07\x41\x43TIONS\x10\x01\x12\x0b\n\x07SUMMARY\x10\x02\"d\n\x0bVideoConfig\x12+\n\x07session\x18\x01 \x01(\x0b\x32\x1a.vidserve.v1.SessionConfig\x12\x14\n\x0c\x66rame_stride\x18\x02 \x01(\x05\x12\x12\n\nmax_frames\x18\x03 \x01(\x05\"P\n\nVideoChunk\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x18.vidserve.v1.VideoConfigH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"~\n\x0cTrackSummary\x12\x10\n\x08track_id\x18\x01 \x01(\x05\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x13\n\x0b\x66irst_frame\x18\x04 \x01(\x03\x12\x12\n\nlast_frame\x18\x05 \x01(\x03\x12\x12\n\nnum_frames\x18\x06 \x01(\x03\"\x87\x02\n\x0fSegmentResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x0b\n\x03\x66ps\x18\x05 \x01(\x01\x12(\n\x06\x66rames\x18\x06 \x03(\x0b\x32\x18.vidserve.v1.FrameResult\x12)\n\x06tracks\x18\x07 \x03(\x0b\x32\x19.vidserve.v1.TrackSummary\x12\"\n\x06stages\x18\x08 \x03(\x0b\x32\x12.vidserve.v1.Stage\x12)\n\x07\x61\x63tions\x18\t \x03(\x0b\x32\x18.vidserve.v1.FrameResult\"\x13\n\x11ListModelsRequest\"\x83\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\t\x12\x14\n\x0ctakes_prompt\x18\x05 \x01(\x08\x12\"\n\x06stages\x18\x06 \x03(\x0b\x32\x12.vidserve.v1.Stage\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.vidserve.v1.ModelInfo2\xf5\x01\n\x11VideoSegmentation\x12H\n\x0cStreamFrames\x12\x1a.vidserve.v1.StreamRequest\x1a\x18.vidserve.v1.FrameResult(\x01\x30\x01\x12G\n\x0cSegmentVideo\x12\x17.vidserve.v1.VideoChunk\x1a\x1c.vidserve.v1.SegmentResponse(\x01\x12M\n\nListModels\x12\x1e.vidserve.v1.ListModelsRequest\x1a\x1f.vidserve.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vidserve_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MASK'].fields_by_name['height']._loaded_options = None
+  _globals['_MASK'].fields_by_name['height']._serialized_options = b'\030\001'
+  _globals['_MASK'].fields_by_name['width']._loaded_options = None
+  _globals['_MASK'].fields_by_name['width']._serialized_options = b'\030\001'
   _globals['_SESSIONCONFIG']._serialized_start=31
-  _globals['_SESSIONCONFIG']._serialized_end=111
-  _globals['_MASK']._serialized_start=113
-  _globals['_MASK']._serialized_end=166
-  _globals['_OBJECTPROMPT']._serialized_start=168
-  _globals['_OBJECTPROMPT']._serialized_end=234
-  _globals['_IMAGEFRAME']._serialized_start=237
-  _globals['_IMAGEFRAME']._serialized_end=378
-  _globals['_STREAMREQUEST']._serialized_start=380
-  _globals['_STREAMREQUEST']._serialized_end=491
-  _globals['_ACTIONLABEL']._serialized_start=493
-  _globals['_ACTIONLABEL']._serialized_end=536
-  _globals['_DETECTEDOBJECT']._serialized_start=539
-  _globals['_DETECTEDOBJECT']._serialized_end=713
-  _globals['_FRAMERESULT']._serialized_start=716
-  _globals['_FRAMERESULT']._serialized_end=848
-  _globals['_VIDEOCONFIG']._serialized_start=850
-  _globals['_VIDEOCONFIG']._serialized_end=950
-  _globals['_VIDEOCHUNK']._serialized_start=952
-  _globals['_VIDEOCHUNK']._serialized_end=1032
-  _globals['_TRACKSUMMARY']._serialized_start=1034
-  _globals['_TRACKSUMMARY']._serialized_end=1160
-  _globals['_SEGMENTRESPONSE']._serialized_start=1163
-  _globals['_SEGMENTRESPONSE']._serialized_end=1347
-  _globals['_LISTMODELSREQUEST']._serialized_start=1349
-  _globals['_LISTMODELSREQUEST']._serialized_end=1368
-  _globals['_MODELINFO']._serialized_start=1370
-  _globals['_MODELINFO']._serialized_end=1465
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1467
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1527
-  _globals['_VIDEOSEGMENTATION']._serialized_start=1530
-  _globals['_VIDEOSEGMENTATION']._serialized_end=1775
+  _globals['_SESSIONCONFIG']._serialized_end=128
+  _globals['_MASK']._serialized_start=130
+  _globals['_MASK']._serialized_end=205
+  _globals['_OBJECTPROMPT']._serialized_start=207
+  _globals['_OBJECTPROMPT']._serialized_end=273
+  _globals['_IMAGEFRAME']._serialized_start=276
+  _globals['_IMAGEFRAME']._serialized_end=417
+  _globals['_STREAMREQUEST']._serialized_start=419
+  _globals['_STREAMREQUEST']._serialized_end=530
+  _globals['_ACTIONLABEL']._serialized_start=532
+  _globals['_ACTIONLABEL']._serialized_end=613
+  _globals['_STAGE']._serialized_start=615
+  _globals['_STAGE']._serialized_end=653
+  _globals['_SEGMENT']._serialized_start=656
+  _globals['_SEGMENT']._serialized_end=810
+  _globals['_TRACKACTIONS']._serialized_start=812
+  _globals['_TRACKACTIONS']._serialized_end=887
+  _globals['_DETECTEDOBJECT']._serialized_start=890
+  _globals['_DETECTEDOBJECT']._serialized_end=1064
+  _globals['_FRAMERESULT']._serialized_start=1067
+  _globals['_FRAMERESULT']._serialized_end=1468
+  _globals['_FRAMERESULT_EVENTKIND']._serialized_start=1420
+  _globals['_FRAMERESULT_EVENTKIND']._serialized_end=1468
+  _globals['_VIDEOCONFIG']._serialized_start=1470
+  _globals['_VIDEOCONFIG']._serialized_end=1570
+  _globals['_VIDEOCHUNK']._serialized_start=1572
+  _globals['_VIDEOCHUNK']._serialized_end=1652
+  _globals['_TRACKSUMMARY']._serialized_start=1654
+  _globals['_TRACKSUMMARY']._serialized_end=1780
+  _globals['_SEGMENTRESPONSE']._serialized_start=1783
+  _globals['_SEGMENTRESPONSE']._serialized_end=2046
+  _globals['_LISTMODELSREQUEST']._serialized_start=2048
+  _globals['_LISTMODELSREQUEST']._serialized_end=2067
+  _globals['_MODELINFO']._serialized_start=2070
+  _globals['_MODELINFO']._serialized_end=2201
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2203
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2263
+  _globals['_VIDEOSEGMENTATION']._serialized_start=2266
+  _globals['_VIDEOSEGMENTATION']._serialized_end=2511
 # @@protoc_insertion_point(module_scope)

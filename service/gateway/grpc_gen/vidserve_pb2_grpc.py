@@ -56,7 +56,17 @@ class VideoSegmentationServicer:
 
     def StreamFrames(self, request_iterator, context):
         """A live stream: the first message is the session config, then frames
-        (encoded images, JPEG or PNG). One FrameResult per frame, in order.
+        (encoded images, JPEG or PNG). The answer is a stream of events, each a
+        FrameResult with its `kind`:
+        FRAME    one per frame, in frame order, as soon as its masks are ready;
+        ACTIONS  models with an action head: the action labels of the tracks at
+        an earlier key frame (frame_index = the key frame), sent when
+        that key frame's clip is complete; masks never wait for it;
+        SUMMARY  only with SessionConfig.summary: the last event, carrying the
+        track summary (`tracks`) that REST returns.
+        FRAME is the default (0): a client that never reads `kind` still gets
+        exactly one FrameResult per frame, as before, as long as summary is off
+        and the model has no action head.
         The client half-closes to end the session. Once the session is admitted
         the server sends initial metadata (vidserve-session: accepted); a client
         that waits for it before sending frames sees RESOURCE_EXHAUSTED (busy,
@@ -68,7 +78,8 @@ class VideoSegmentationServicer:
 
     def SegmentVideo(self, request_iterator, context):
         """A whole video sent in chunks: the first message is the config, then the
-        bytes of the file. Answers once the video is processed.
+        bytes of the file. Answers once the video is processed, with what REST's
+        JSON answer holds: frames, tracks, stages, actions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,33 +1,56 @@
-"""Runners adapt a model family to the worker's interface; `load_runner` picks one by family."""
+"""Runners adapt a model family to the worker's interface; one registry says which serves which.
 
+A family's module here (`service/worker/runners/<family>.py`) is imported on first use and
+registers the function that turns a loaded checkpoint into the runners it serves. Adding a family
+adds a module and one `register_runners` call: no chain of ifs to extend.
+"""
+
+import importlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from service.worker.runner import ModelRunner
 
+RunnerFactory = Callable[[object, str], list[ModelRunner]]  # (LoadedCheckpoint, name) -> runners
+
+_FACTORIES: dict[str, RunnerFactory] = {}
+
+
+def register_runners(family: str, factory: RunnerFactory) -> None:
+    _FACTORIES[family] = factory
+
+
+def runner_factory(family: str) -> RunnerFactory:
+    if family not in _FACTORIES and family.isidentifier():
+        try:
+            importlib.import_module(f"{__name__}.{family}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{family}":
+                raise
+    if family not in _FACTORIES:
+        known = ", ".join(sorted(_FACTORIES)) or "none"
+        raise ValueError(f"no runner serves the family '{family}' yet (served: {known})")
+    return _FACTORIES[family]
+
 
 def load_runners(
     checkpoint: Path | str, name: str, device: str | torch.device = "cpu"
 ) -> list[ModelRunner]:
     """Load a checkpoint folder (verified: sha256, architecture) as the runners of its family:
-    the model `name`, and for some families a second view of the same weights."""
+    the model `name`, for some families more views of the same weights, and the registered
+    pipelines that start with one of them."""
     from models.checkpoints.checkpoint import load_checkpoint
+    from service.worker.pipeline import pipelines_over
 
     loaded = load_checkpoint(checkpoint, device)
-    family = loaded.manifest.family
-    if family == "vis":
-        from service.worker.runners.vis import FrameDetectorRunner, VisRunner
-
-        return [
-            VisRunner(loaded.model, loaded.manifest, name),
-            FrameDetectorRunner(loaded.model, loaded.manifest, f"{name}-instance"),
-        ]
-    if family == "vos":
-        from service.worker.runners.vos import VosRunner
-
-        return [VosRunner(loaded.model, loaded.manifest, name)]
-    raise ValueError(f"{checkpoint}: no runner serves the family '{family}' yet")
+    try:
+        factory = runner_factory(loaded.manifest.family)
+    except ValueError as error:
+        raise ValueError(f"{checkpoint}: {error}") from None
+    runners = factory(loaded, name)
+    return runners + pipelines_over(runners)
 
 
 def load_runner_from_store(

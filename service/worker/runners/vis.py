@@ -1,41 +1,71 @@
-"""MaskTrack R-CNN in the worker: the detector batched across sessions, a tracker per session.
+"""MaskTrack R-CNN in the worker: one detector pass for the frames of every session, then a tracker
+step per session.
 
-One checkpoint serves two models: `<name>` (video instance segmentation: tracked, stateful) and
-`<name>-instance` (the same detector per frame: stateless, no track ids), sharing the weights.
+One checkpoint serves two models that share the weights and the detector's batches: `<name>`
+(video instance segmentation: tracked, stateful) and `<name>-instance` (the detector per frame:
+stateless, no track ids). A pipeline that starts with `<name>` shares them too.
 """
 
+from collections import deque
 from dataclasses import dataclass
 
 from models.checkpoints.manifest import Manifest
 from models.vis.model import MaskTrackRCNN
 from models.vis.tracker import Tracker
 from models.vis.video_inference import detection_objects, frame_objects, keep_scores_above
+from service.schemas import DetectedObject
 from service.worker.options import read_options
 from service.worker.runner import (
+    BatchedForward,
     FrameOutput,
-    ItemResult,
     ModelInfo,
     ModelRunner,
     OptionError,
+    Output,
     WorkItem,
 )
+from service.worker.runners import register_runners
 
 DEFAULT_SCORE_THRESHOLD = 0.5
 
 
 @dataclass
-class VisSession:
-    tracker: Tracker
+class DetectorSession:
     score_threshold: float
+
+
+@dataclass
+class VisSession(DetectorSession):
+    tracker: Tracker
     frame_size: tuple[int, int] | None = None  # (H, W) of the first frame; later frames must match
 
 
-class VisRunner(ModelRunner):
-    def __init__(self, model: MaskTrackRCNN, manifest: Manifest, name: str):
+class DetectorForward(BatchedForward):
+    """The detector over the frames of a batch; reads each session's threshold, nothing else.
+
+    `recent_batches` keeps the session ids of the last passes (to see which sessions shared
+    one)."""
+
+    def __init__(self, model: MaskTrackRCNN, name: str):
         self.model = model.eval()
+        self.name = f"{name}-detector"
+        self.recent_batches: deque[tuple[str, ...]] = deque(maxlen=256)
+
+    def run(self, items: list[WorkItem]) -> list:
+        # The lowest threshold of the batch: the mask and track heads skip what no session
+        # shows (they cost most of a frame when many low-score boxes are kept).
+        lowest = min(item.state.score_threshold for item in items)
+        detections = self.model.detect([item.image for item in items], min_score=lowest)
+        self.recent_batches.append(tuple(item.session_id for item in items))
+        return detections
+
+
+class VisRunner(ModelRunner):
+    def __init__(self, forward: DetectorForward, manifest: Manifest, name: str):
+        self.forward = forward
         self.classes = tuple(manifest.class_names)
-        # The tracker reads its state after the forward pass only, so several frames of one
-        # session may share a batch (the tracker then steps through them in order).
+        # The tracker steps after the forward pass, so several frames of one session may share
+        # a batch (the steps then run through them in order).
         self.info = ModelInfo(
             name=name,
             task="vis",
@@ -46,49 +76,28 @@ class VisRunner(ModelRunner):
         )
 
     def open_session(self, options: dict) -> VisSession:
-        return VisSession(Tracker(), _score_threshold(options))
+        return VisSession(_score_threshold(options), Tracker())
 
-    def run_batch(self, items: list[WorkItem]) -> list[ItemResult]:
-        # The lowest threshold of the batch: the mask and track heads skip what no session
-        # shows (they cost most of a frame when many low-score boxes are kept).
-        lowest = min(item.state.score_threshold for item in items)
-        detections = self.model.detect([item.image for item in items], min_score=lowest)
-        return [self._track(item, det) for item, det in zip(items, detections, strict=True)]
-
-    def _track(self, item: WorkItem, detections) -> ItemResult:
-        """One session's tracker step; its error is its own (returned, never raised, so that
-        the batch is not retried and no other session's tracker steps twice)."""
-        try:
-            return self._step(item, detections)
-        except Exception as e:
-            return e
-
-    def _step(self, item: WorkItem, detections) -> ItemResult:
+    def step(self, item: WorkItem, detections) -> list[Output]:
         session: VisSession = item.state
         size = item.image.shape[:2]
-        if session.frame_size is None:
-            session.frame_size = size
-        elif session.frame_size != size:
-            return OptionError(
+        if session.frame_size is not None and session.frame_size != size:
+            raise OptionError(
                 f"frame size {size[1]}x{size[0]} differs from the session's "
                 f"{session.frame_size[1]}x{session.frame_size[0]}"
             )
         objects = frame_objects(
             session.tracker, detections, item.index, session.score_threshold, self.classes
         )
-        return [FrameOutput(item.index, item.time, objects)]
-
-
-def _score_threshold(options: dict) -> float:
-    spec = {"score_threshold": (float, DEFAULT_SCORE_THRESHOLD, 0.0, 1.0)}
-    return read_options(options, spec)["score_threshold"]
+        session.frame_size = size
+        return [FrameOutput(item.index, item.time, _typed(objects))]
 
 
 class FrameDetectorRunner(ModelRunner):
     """The detector alone: any frame, any worker, no session state but the options."""
 
-    def __init__(self, model: MaskTrackRCNN, manifest: Manifest, name: str):
-        self.model = model
+    def __init__(self, forward: DetectorForward, manifest: Manifest, name: str):
+        self.forward = forward
         self.classes = tuple(manifest.class_names)
         self.info = ModelInfo(
             name=name,
@@ -98,19 +107,30 @@ class FrameDetectorRunner(ModelRunner):
             stateful=False,
         )
 
-    def open_session(self, options: dict) -> float:
-        return _score_threshold(options)
+    def open_session(self, options: dict) -> DetectorSession:
+        return DetectorSession(_score_threshold(options))
 
-    def run_batch(self, items: list[WorkItem]) -> list[ItemResult]:
-        lowest = min(item.state for item in items)
-        detections = self.model.detect([item.image for item in items], min_score=lowest)
-        return [
-            [
-                FrameOutput(
-                    item.index,
-                    item.time,
-                    detection_objects(keep_scores_above(det, item.state), self.classes),
-                )
-            ]
-            for item, det in zip(items, detections, strict=True)
-        ]
+    def step(self, item: WorkItem, detections) -> list[Output]:
+        kept = keep_scores_above(detections, item.state.score_threshold)
+        return [FrameOutput(item.index, item.time, _typed(detection_objects(kept, self.classes)))]
+
+
+def vis_runners(loaded, name: str) -> list[ModelRunner]:
+    """The models one VIS checkpoint serves, on one detector (one copy of the weights)."""
+    forward = DetectorForward(loaded.model, name)
+    return [
+        VisRunner(forward, loaded.manifest, name),
+        FrameDetectorRunner(forward, loaded.manifest, f"{name}-instance"),
+    ]
+
+
+def _score_threshold(options: dict) -> float:
+    spec = {"score_threshold": (float, DEFAULT_SCORE_THRESHOLD, 0.0, 1.0)}
+    return read_options(options, spec)["score_threshold"]
+
+
+def _typed(objects: list[dict]) -> list[DetectedObject]:
+    return [DetectedObject.model_validate(o) for o in objects]
+
+
+register_runners("vis", vis_runners)

@@ -1,4 +1,5 @@
-"""STCN in the worker: key encoding batched across sessions, then each session's memory step.
+"""STCN in the worker: key encoding batched across sessions (the forward), then each session's
+memory step (readout, decoder, memorising: the step).
 
 A frame's work splits in two (models.vos.inference): the key encoder, the same for every
 session and the heaviest part, runs once over the frames of all sessions in the batch; then each
@@ -23,27 +24,67 @@ from models.vos import (
     encode_key_batch,
     prepare_for_inference,
 )
+from service.schemas import DetectedObject
 from service.worker.options import read_options
 from service.worker.runner import (
+    BatchedForward,
     FrameOutput,
-    ItemResult,
     ModelInfo,
     ModelRunner,
     OptionError,
+    Output,
     WorkItem,
 )
+from service.worker.runners import register_runners
 
 OBJECT_CATEGORY = "object"  # VOS is class-agnostic: an object is whatever its prompt marks
 
 
 @dataclass
 class Prepared:
-    """What run_batch knows of an item before any session changes: its frame as the model takes
-    it and its decoded prompt, or the error that item gets."""
+    """The forward pass's answer for one item: its frame as the model takes it, its decoded
+    prompt and, when the frame will be segmented, its key features."""
 
-    frame: PreparedFrame | None = None
+    frame: PreparedFrame
     prompt: dict[int, np.ndarray] | None = None
-    error: OptionError | None = None
+    features: KeyFeatures | None = None
+
+
+class KeyEncoderForward(BatchedForward):
+    """The key encoder over the frames of every session in a batch: the heaviest part of a frame,
+    the same for all sessions. It reads whether a session has objects; it writes nothing."""
+
+    def __init__(self, model: STCN, name: str):
+        self.model = model
+        self.name = f"{name}-key-encoder"
+
+    def run(self, items: list[WorkItem]) -> list[Prepared | OptionError]:
+        prepared = [self._prepare(item) for item in items]
+        # Only frames that will be segmented need keys: a session with no object yet and no
+        # prompt on this frame answers "nothing" without touching the network.
+        wanted = [
+            ready
+            for item, ready in zip(items, prepared, strict=True)
+            if isinstance(ready, Prepared) and (ready.prompt or item.state.needs_key_features())
+        ]
+        encoded = encode_key_batch(self.model, [ready.frame for ready in wanted])
+        for ready, features in zip(wanted, encoded, strict=True):
+            ready.features = features
+        return prepared
+
+    def _prepare(self, item: WorkItem) -> Prepared | OptionError:
+        session: VosSession = item.state
+        size = tuple(item.image.shape[:2])
+        try:
+            if session.input_size is not None and size != session.input_size:
+                raise OptionError(
+                    f"frame size {size[1]}x{size[0]} differs from the session's "
+                    f"{session.input_size[1]}x{session.input_size[0]}"
+                )
+            prompt = decode_prompt(item.prompt, size) if item.prompt else None
+        except OptionError as error:
+            return error
+        return Prepared(session.prepare(item.image), prompt)
 
 
 class VosRunner(ModelRunner):
@@ -51,6 +92,7 @@ class VosRunner(ModelRunner):
         self, model: STCN, manifest: Manifest, name: str, settings: SessionSettings | None = None
     ):
         self.model = prepare_for_inference(model)
+        self.forward = KeyEncoderForward(self.model, name)
         self.settings = settings or SessionSettings()
         self.info = ModelInfo(
             name=name,
@@ -69,51 +111,15 @@ class VosRunner(ModelRunner):
     def close_session(self, state: VosSession) -> None:
         state.close()
 
-    def run_batch(self, items: list[WorkItem]) -> list[ItemResult]:
-        prepared = [self._prepare(item) for item in items]
-        # Only frames that will be segmented need keys: a session with no object yet and no
-        # prompt on this frame answers "nothing" without touching the network.
-        wanted = [
-            k
-            for k, (item, ready) in enumerate(zip(items, prepared, strict=True))
-            if ready.error is None and (ready.prompt or item.state.needs_key_features())
-        ]
-        # The batched pass: it raises before any session changed, so the worker may retry.
-        encoded = encode_key_batch(self.model, [prepared[k].frame for k in wanted])
-        features = dict(zip(wanted, encoded, strict=True))
-        return [
-            self._step(item, ready, features.get(k))
-            for k, (item, ready) in enumerate(zip(items, prepared, strict=True))
-        ]
-
-    def _prepare(self, item: WorkItem) -> Prepared:
-        session: VosSession = item.state
-        size = tuple(item.image.shape[:2])
-        try:
-            if session.input_size is not None and size != session.input_size:
-                raise OptionError(
-                    f"frame size {size[1]}x{size[0]} differs from the session's "
-                    f"{session.input_size[1]}x{session.input_size[0]}"
-                )
-            prompt = decode_prompt(item.prompt, size) if item.prompt else None
-        except OptionError as error:
-            return Prepared(error=error)
-        return Prepared(session.prepare(item.image), prompt)
-
-    def _step(self, item: WorkItem, ready: Prepared, features: KeyFeatures | None) -> ItemResult:
-        """One session's step; its error is its own (returned, so that no other session steps
-        twice when the worker retries)."""
-        if ready.error is not None:
-            return ready.error
+    def step(self, item: WorkItem, ready: Prepared) -> list[Output]:
+        """Read the memory, decode the objects, memorise: the session's own part of a frame."""
         session: VosSession = item.state
         try:
             if ready.prompt:
                 session.add_prompt(session.next_frame_index, ready.prompt)
-            results = session.step(ready.frame, features)
+            results = session.step(ready.frame, ready.features)
         except PromptError as error:
-            return OptionError(f"prompt: {error}")
-        except Exception as error:
-            return error
+            raise OptionError(f"prompt: {error}") from None
         return [FrameOutput(item.index, item.time, result_objects(results))]
 
 
@@ -138,7 +144,7 @@ def decode_prompt(prompt: dict, size: tuple[int, int]) -> dict[int, np.ndarray]:
     return masks
 
 
-def result_objects(results: dict[int, ObjectResult]) -> list[dict]:
+def result_objects(results: dict[int, ObjectResult]) -> list[DetectedObject]:
     """The session's results in the shared schema; an object absent from this frame (occluded,
     out of view) has no mask to report and is left out."""
     objects = []
@@ -148,13 +154,19 @@ def result_objects(results: dict[int, ObjectResult]) -> list[dict]:
         if box is None:
             continue
         objects.append(
-            {
-                "track_id": object_id,
-                "category": OBJECT_CATEGORY,
-                "score": result.score,
-                "box": box,
-                "mask": encode_mask(mask),
-                "actions": [],
-            }
+            DetectedObject(
+                track_id=object_id,
+                category=OBJECT_CATEGORY,
+                score=result.score,
+                box=box,
+                mask=encode_mask(mask),
+            )
         )
     return objects
+
+
+def vos_runners(loaded, name: str) -> list[ModelRunner]:
+    return [VosRunner(loaded.model, loaded.manifest, name)]
+
+
+register_runners("vos", vos_runners)
