@@ -28,7 +28,7 @@ from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc
 from service.gateway.pipeline import Busy, InputFrame, SessionError, run_session
 from service.gateway.prompts import bad_prompt, check_size, masks_from_messages, to_rle
 from service.gateway.video_input import InputError, VideoLimits, decode_frames, probe_video
-from service.images import ImageError, decode_image
+from service.images import ImageError, decode_image, image_size
 from service.queue.base import NoWorker
 from service.queue.messages import ErrorCode
 from service.schemas import FrameResult, build_response, summarize_tracks
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VideoSegmentation"].full_name
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# Frames up to this many pixels (by their header) decode in the event loop, in well under a
+# millisecond or two; larger ones in a thread, so that no frame holds up the other clients.
+INLINE_DECODE_PIXELS = 640 * 480
 
 GRPC_CODE = {
     ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -224,9 +227,12 @@ async def _stream_frames(
                 f"frame_index {index} follows {last_index}: indices must increase",
             )
         last_index = index
-        image = await asyncio.to_thread(
-            decode_frame_image, frame.image, index, settings.max_width, settings.max_height
-        )
+        decode_args = (frame.image, index, settings.max_width, settings.max_height)
+        claimed = image_size(frame.image)
+        if claimed is not None and claimed[0] * claimed[1] <= INLINE_DECODE_PIXELS:
+            image = decode_frame_image(*decode_args)  # a small image: cheaper than a thread hop
+        else:
+            image = await asyncio.to_thread(decode_frame_image, *decode_args)
         h, w = image.shape[:2]
         if size is None:
             size = (h, w)
