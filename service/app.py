@@ -184,7 +184,8 @@ async def serve_redis_gateway(settings: Settings, ready: threading.Event | None 
 
 def run_redis_worker(settings: Settings, stop: threading.Event | None = None) -> None:
     """A worker serving the store's models to gateways through Redis, until `stop` is set
-    (or SIGTERM / Ctrl-C)."""
+    (`vidserve worker` sets it on SIGTERM): then it drains (no new session, the open ones served
+    until they end or `drain_grace_s` runs out) and returns. Ctrl-C stops at once."""
     from service.queue.redis_streams import RedisWorkerTransport
 
     transport = RedisWorkerTransport(
@@ -217,7 +218,11 @@ def run_redis_worker(settings: Settings, stop: threading.Event | None = None) ->
     transport.start()
     host.start()
     stop = stop or threading.Event()
-    threading.Thread(target=lambda: (stop.wait(), worker.stop()), daemon=True).start()
+    threading.Thread(
+        target=lambda: (stop.wait(), worker.drain(settings.drain_grace_s)),
+        daemon=True,
+        name="drain",
+    ).start()
     try:
         worker.run()
     finally:
@@ -230,10 +235,12 @@ def run_redis_worker(settings: Settings, stop: threading.Event | None = None) ->
 async def serve_gateways(
     settings: Settings, transport, worker=None, ready: threading.Event | None = None, metrics=None
 ) -> None:
-    """REST (uvicorn) and gRPC in this event loop, until uvicorn is told to stop."""
+    """REST (uvicorn) and gRPC in this event loop, until uvicorn is told to stop; SIGTERM drains
+    first (service.gateway.drain)."""
     import uvicorn
 
     from service.gateway.context import ServiceContext
+    from service.gateway.drain import DrainGate, DrainingServer, drain_gateways
     from service.gateway.grpc_server import set_health, start_grpc_server
     from service.gateway.rest import create_app
 
@@ -241,15 +248,30 @@ async def serve_gateways(
     ctx = ServiceContext.create(settings, transport, worker, metrics)
     grpc_server = await start_grpc_server(ctx, settings.grpc_port)
     health_task = asyncio.create_task(_keep_health(grpc_server, transport, set_health))
+    gate = DrainGate(create_app(ctx), settings.retry_after_s)
     config = uvicorn.Config(
-        create_app(ctx),
+        gate,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         lifespan="off",
+        # uvicorn's lines (the access log too) go to the root handlers: with the request id.
+        log_config=None,
+        **_uvicorn_tls(settings),
     )
-    server = uvicorn.Server(config)
-    log.info("REST on %s:%d, gRPC on port %d", settings.host, settings.port, grpc_server.bound_port)
+
+    async def drain() -> None:
+        health_task.cancel()
+        await drain_gateways(gate, ctx.admission, grpc_server, settings.drain_grace_s)
+
+    server = DrainingServer(config, drain)
+    log.info(
+        "REST on %s:%d, gRPC on port %d%s",
+        settings.host,
+        settings.port,
+        grpc_server.bound_port,
+        " (TLS)" if settings.tls_cert_file else "",
+    )
     if ready is not None:
         asyncio.get_running_loop().call_later(0.2, ready.set)
     try:
@@ -258,6 +280,24 @@ async def serve_gateways(
         health_task.cancel()
         await grpc_server.stop(grace=2)
         await transport.stop()
+
+
+def _uvicorn_tls(settings: Settings) -> dict:
+    """uvicorn's TLS options from the settings (none: plain HTTP); mTLS with a client CA."""
+    if not settings.tls_cert_file and not settings.tls_key_file:
+        return {}
+    if not (settings.tls_cert_file and settings.tls_key_file):
+        raise ValueError("TLS needs both VIDSERVE_TLS_CERT_FILE and VIDSERVE_TLS_KEY_FILE")
+    options = {
+        "ssl_certfile": str(settings.tls_cert_file),
+        "ssl_keyfile": str(settings.tls_key_file),
+    }
+    if settings.tls_client_ca_file:
+        import ssl
+
+        options["ssl_ca_certs"] = str(settings.tls_client_ca_file)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
 
 
 async def _keep_health(grpc_server, transport, set_health) -> None:

@@ -21,10 +21,10 @@ app = typer.Typer(
 
 @app.callback()
 def _setup() -> None:
-    logging.basicConfig(
-        level=get_settings().log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from service.requestid import LOG_FORMAT, install_log_filter
+
+    logging.basicConfig(level=get_settings().log_level.upper(), format=LOG_FORMAT)
+    install_log_filter()  # every line shows its request's id (X-Request-ID), "-" outside one
 
 
 def _parse_size(size: str) -> tuple[int, int]:

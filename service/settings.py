@@ -33,6 +33,22 @@ class Settings(BaseSettings):
     grpc_port: int = 50051
     redis_url: str | None = None
 
+    # Security: API keys and TLS (both ports).
+    api_keys: str = Field(
+        "",
+        description="comma-separated API keys; when set, /v1 REST requests need "
+        "`Authorization: Bearer <key>` or `X-API-Key: <key>` and gRPC calls the metadata "
+        "`authorization: Bearer <key>` or `x-api-key` (empty: off)",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain): with tls_key_file, REST and gRPC use TLS"
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle: when set, clients must show a certificate it signed (mTLS)",
+    )
+
     # Admission and limits.
     max_frames_in_flight: int = Field(64, ge=1, description="per gateway, over all sessions")
     session_window: int = Field(8, ge=1, description="frames of one session at a worker at once")
@@ -41,12 +57,24 @@ class Settings(BaseSettings):
     max_video_frames: int = Field(3000, ge=1)
     max_width: int = Field(1920, ge=16)
     max_height: int = Field(1080, ge=16)
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="longest wait for the next chunk of a REST request body (408)"
+    )
+    body_deadline_s: float = Field(
+        600.0, gt=0, description="longest time a REST request body may take to arrive (408)"
+    )
 
     # Worker batching and sessions.
     max_batch_size: int = Field(8, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
     max_sessions: int = Field(256, ge=1)
     session_idle_s: float = Field(60.0, gt=0)
+    drain_grace_s: float = Field(
+        25.0,
+        ge=0,
+        description="on SIGTERM: how long open sessions (worker) and in-flight responses "
+        "(gateway) may take to finish before the process stops",
+    )
     worker_port: int | None = Field(
         None, ge=0, le=65535, description="a Redis worker's /healthz, /readyz, /metrics (off)"
     )
@@ -55,6 +83,10 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def api_keys(settings: Settings) -> list[str]:
+    return [key.strip() for key in settings.api_keys.split(",") if key.strip()]
 
 
 def resolve_device(device: str) -> str:

@@ -11,6 +11,7 @@ SegmentVideo has no field for a prompt, so a prompted model is refused there.
 
 import asyncio
 import errno
+import inspect
 import logging
 import tempfile
 from collections.abc import AsyncIterator
@@ -21,10 +22,12 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service import requestid
 from service.gateway.context import ServiceContext
 from service.gateway.grpc_convert import event_to_proto, response_to_proto, summary_to_proto
 from service.gateway.grpc_gen import vidserve_pb2 as pb
 from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc
+from service.gateway.guard import key_matches, presented_key
 from service.gateway.pipeline import Busy, InputFrame, SessionError, run_session
 from service.gateway.prompts import bad_prompt, check_size, masks_from_messages, to_rle
 from service.gateway.video_input import InputError, VideoLimits, decode_frames, probe_video
@@ -32,6 +35,7 @@ from service.images import ImageError, decode_image, image_size
 from service.queue.base import NoWorker
 from service.queue.messages import ErrorCode
 from service.schemas import FrameResult, build_response, summarize_tracks
+from service.settings import Settings, api_keys
 from service.worker.runner import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -63,7 +67,9 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
         async with _Reserved(self.ctx, context):
             # Admitted: a client that waits for this before sending frames always sees the
             # true status of a refused stream (not a failed write).
-            await context.send_initial_metadata((("vidserve-session", "accepted"),))
+            await context.send_initial_metadata(
+                (("vidserve-session", "accepted"), (requestid.HEADER, requestid.current()))
+            )
             frames = _stream_frames(request_iterator, self.ctx, model)
             events = []
             try:
@@ -104,10 +110,9 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
             path = None
             try:
                 path = await _receive_file(request_iterator, settings.max_upload_bytes)
-                probe = probe_video(path, limits)
-                frames = decode_frames(
-                    path, probe, limits, max(1, config.frame_stride), config.max_frames or None
-                )
+                stride, most = max(1, config.frame_stride), config.max_frames or None
+                probe = await asyncio.to_thread(probe_video, path, limits, stride, most)
+                frames = decode_frames(path, probe, limits, stride, most)
                 events = [
                     e
                     async for e in run_session(
@@ -186,7 +191,9 @@ class _Reserved:
             self.reservation = self.ctx.admission.acquire()
         except Busy as e:
             self.ctx.metrics.errors.labels("resource_exhausted").inc()
-            self.context.set_trailing_metadata((("retry-after", str(e.retry_after_s)),))
+            self.context.set_trailing_metadata(
+                (("retry-after", str(e.retry_after_s)), (requestid.HEADER, requestid.current()))
+            )
             await self.context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"busy: retry after {e.retry_after_s} s"
             )
@@ -301,18 +308,103 @@ async def _abort(context, error: Exception, ctx: ServiceContext):
     await context.abort(code, text)
 
 
+# Methods that send their own initial metadata (with the request id); the interceptor sends it
+# for the others.
+_OWN_INITIAL_METADATA = {f"/{SERVICE_NAME}/StreamFrames"}
+# Open without an API key: the health service (probes) and reflection (it describes the API, as
+# /docs does over REST).
+_OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):
+    """Before a handler runs: the call's request id (metadata `x-request-id`, the client's sane
+    one or a new one: current for its log lines, sent back in the initial and trailing metadata)
+    and, with API keys set, the key (`authorization: Bearer <key>` or `x-api-key`, compared in
+    constant time): UNAUTHENTICATED without a valid one."""
+
+    def __init__(self, keys: list[str]):
+        self.keys = keys
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        method = details.method or ""
+        if handler is None or method.startswith(_OPEN_SERVICES):
+            return handler
+        metadata = {}
+        for key, value in details.invocation_metadata or ():
+            metadata.setdefault(key.lower(), value)
+        client_id = metadata.get(requestid.HEADER)
+        authorized = not self.keys or key_matches(
+            presented_key(metadata.get("authorization"), metadata.get("x-api-key")), self.keys
+        )
+        kind = _handler_kind(handler)
+        behaviour = getattr(handler, kind)
+        own_metadata = method in _OWN_INITIAL_METADATA
+
+        async def start(context) -> None:
+            request_id = requestid.bind(client_id)
+            context.set_trailing_metadata(((requestid.HEADER, request_id),))
+            if not authorized:
+                log.info("refused %s: no valid API key", method)
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "this service needs an API key: metadata 'authorization: Bearer <key>' or "
+                    "'x-api-key: <key>'",
+                )
+            if not own_metadata:
+                await context.send_initial_metadata(((requestid.HEADER, request_id),))
+
+        if inspect.isasyncgenfunction(behaviour):
+
+            async def wrapped(request, context):
+                await start(context)
+                async for response in behaviour(request, context):
+                    yield response
+
+        else:
+
+            async def wrapped(request, context):
+                await start(context)
+                return await behaviour(request, context)
+
+        return handler._replace(**{kind: wrapped})
+
+
+def _handler_kind(handler) -> str:
+    if handler.request_streaming:
+        return "stream_stream" if handler.response_streaming else "stream_unary"
+    return "unary_stream" if handler.response_streaming else "unary_unary"
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings (None: plaintext); mTLS with a client CA."""
+    if not settings.tls_cert_file and not settings.tls_key_file:
+        return None
+    if not (settings.tls_cert_file and settings.tls_key_file):
+        raise ValueError("TLS needs both VIDSERVE_TLS_CERT_FILE and VIDSERVE_TLS_KEY_FILE")
+    ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
 async def start_grpc_server(ctx: ServiceContext, port: int, host: str = "[::]") -> grpc.aio.Server:
     """Start the gRPC server (VideoSegmentation, health, reflection); returns it running.
+    With VIDSERVE_TLS_CERT_FILE and VIDSERVE_TLS_KEY_FILE the port speaks TLS only.
 
     A port another process listens on is refused (OSError EADDRINUSE), as uvicorn refuses a
     busy REST port: gRPC's default SO_REUSEPORT would let a second server bind it silently and
     the kernel would split the calls between the two."""
+    credentials = server_credentials(ctx.settings)
     server = grpc.aio.server(
+        interceptors=[GuardInterceptor(api_keys(ctx.settings))],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     pb_grpc.add_VideoSegmentationServicer_to_server(VideoSegmentationServicer(ctx), server)
     health_servicer = health.aio.HealthServicer()
@@ -326,7 +418,10 @@ async def start_grpc_server(ctx: ServiceContext, port: int, host: str = "[::]") 
         server,
     )
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if credentials is None:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        else:
+            bound = server.add_secure_port(f"{host}:{port}", credentials)
     except RuntimeError:  # grpcio's "Failed to bind to address"
         bound = 0
     if bound == 0:

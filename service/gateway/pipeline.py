@@ -12,6 +12,7 @@ beyond `max_frames_in_flight` a new session is refused with "busy, retry after".
 """
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -22,6 +23,8 @@ import numpy as np
 from service.queue.base import GatewayTransport
 from service.queue.messages import ErrorCode, Frame, Reply, ReplyKind
 from service.schemas import ActionsResult, Event, FrameResult, Stage
+
+log = logging.getLogger(__name__)
 
 
 class SessionError(Exception):
@@ -96,6 +99,9 @@ async def run_session(
     when results overtake each other), and late ones (a key frame's actions, a clip model's
     frames) as they come; raises SessionError on failure."""
     session = await transport.open(model, options)
+    # This line carries the request id (service.requestid): it ties the worker's lines, which
+    # name the session, to the request.
+    log.info("session %s opened: model %s", session.session_id, model)
     slots = asyncio.Semaphore(window)
     order = InputOrder()
     sent_at: dict[int, float] = {}

@@ -25,12 +25,14 @@ from fastapi_offline import FastAPIOffline
 from starlette.background import BackgroundTask
 
 from service.gateway.context import ServiceContext
+from service.gateway.guard import MULTIPART_OVERHEAD, Guard
 from service.gateway.pipeline import Busy, SessionError, run_session
 from service.gateway.prompts import VideoPrompt, attach_prompt, read_video_prompt
 from service.gateway.video_input import InputError, VideoLimits, decode_frames, probe_video
 from service.queue.base import NoWorker
 from service.queue.messages import ErrorCode
 from service.schemas import Event, FrameResult, SegmentResponse, build_response
+from service.settings import api_keys
 from service.worker.runner import ModelInfo
 from service.writers.davis import ZIP, davis_zip
 
@@ -82,6 +84,15 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     )
     app.state.ctx = ctx
     _add_error_handlers(app, ctx)
+    # Outermost: request id, API key, body size and pace, before FastAPI reads a byte of the body.
+    app.add_middleware(
+        Guard,
+        api_keys=api_keys(ctx.settings),
+        max_body_bytes=ctx.settings.max_upload_bytes + MULTIPART_OVERHEAD,
+        body_timeout_s=ctx.settings.body_timeout_s,
+        body_deadline_s=ctx.settings.body_deadline_s,
+        on_refused=lambda status: ctx.metrics.errors.labels(str(status)).inc(),
+    )
 
     @app.get("/healthz", tags=["operations"], summary="The process is up")
     async def healthz():
@@ -114,6 +125,7 @@ def create_app(ctx: ServiceContext) -> FastAPI:
                     "version": m.version,
                     "classes": list(m.classes),
                     "takes_prompt": m.takes_prompt,
+                    "stages": [{"name": n, "version": v} for n, v in m.stage_list()],
                 }
                 for m in await ctx.transport.models()
             ]
@@ -254,7 +266,7 @@ async def _answer(
         ctx.settings.max_video_frames, ctx.settings.max_width, ctx.settings.max_height
     )
     started = time.monotonic()
-    probe = probe_video(cleanup.upload, limits)
+    probe = await asyncio.to_thread(probe_video, cleanup.upload, limits, stride, max_frames)
     ctx.metrics.stage_seconds.labels("decode").observe(time.monotonic() - started)
     if prompt is not None:
         prompt.check_fits(probe.height, probe.width, stride, max_frames)

@@ -49,9 +49,13 @@ class VideoProbe:
     fps: float
 
 
-def probe_video(path: Path, limits: VideoLimits) -> VideoProbe:
+def probe_video(
+    path: Path, limits: VideoLimits, stride: int = 1, max_frames: int | None = None
+) -> VideoProbe:
     """Open the file and decode its first frame: the checks a client gets an answer to before
-    any work starts."""
+    any work starts. A video whose header says it has more frames than the limit (the frames
+    processed: after `stride`; with `max_frames` the rest are ignored, never refused) is refused
+    here, before a frame is computed."""
     head = _head(path)
     if not head:
         raise InputError(400, "Empty upload", "the uploaded video is empty (0 bytes)")
@@ -67,6 +71,8 @@ def probe_video(path: Path, limits: VideoLimits) -> VideoProbe:
                 raise InputError(415, "Not a video", "the file has no video stream")
             stream = container.streams.video[0]
             fps = float(stream.average_rate or 0) or 25.0
+            if max_frames is None:
+                _check_length(container, stream, fps, limits, stride)
             first = next(container.decode(stream), None)
     except InputError:
         raise
@@ -88,6 +94,41 @@ def probe_video(path: Path, limits: VideoLimits) -> VideoProbe:
             f"limit of {limits.max_width}x{limits.max_height}",
         )
     return VideoProbe(first.width, first.height, fps)
+
+
+def header_frames(container, stream, fps: float) -> tuple[int, bool] | None:
+    """The frame count the container's header gives: (count, exact). The stream's frame count
+    when the container stores one (mp4, mov), else its duration x fps (an estimate); None when
+    the header says neither."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames), True
+    seconds = None
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / av.time_base
+    if seconds is None or seconds <= 0 or fps <= 0:
+        return None
+    return int(seconds * fps), False
+
+
+def _check_length(container, stream, fps: float, limits: VideoLimits, stride: int) -> None:
+    counted = header_frames(container, stream, fps)
+    if counted is None:
+        return  # found while decoding (iter_frames)
+    total, exact = counted
+    processed = -(-total // max(1, stride))
+    # An estimate from the duration refuses only what is clearly over (5 %); decoding finds
+    # the rest.
+    limit = limits.max_frames if exact else int(limits.max_frames * 1.05) + 1
+    if processed > limit:
+        raise InputError(
+            413,
+            "Video too long",
+            f"the video has {'' if exact else 'about '}{processed} frames to process (after "
+            f"frame_stride {stride}): more than {limits.max_frames} frames, the limit; send "
+            "fewer or set max_frames",
+        )
 
 
 def _head(path: Path) -> bytes:

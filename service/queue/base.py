@@ -38,6 +38,9 @@ class WorkerTransport(ABC):
     def done(self, frame: Frame) -> None:  # noqa: B027 - most transports need no acknowledgement
         """The frame is answered: a transport that redelivers lost work may forget it now."""
 
+    def set_draining(self) -> None:  # noqa: B027 - one worker per transport: nothing to say
+        """The worker is shutting down: advertise it for no new session, take no shared work."""
+
 
 class GatewayTransport(ABC):
     @abstractmethod

@@ -5,7 +5,19 @@ Keys (all under `vidserve:`):
     inbox:<worker>          stream of one worker's sessions: open, frames, close (affinity)
     replies:<gateway>       stream of replies to one gateway
     alive:<worker>          heartbeat key with a short TTL
-    workers                 hash worker id -> what it serves (models, sessions, protocol)
+    workers                 hash worker id -> what it serves (models, sessions, protocol, draining)
+    alive-gateway:<gateway> a gateway's heartbeat key with a short TTL
+    gateways                hash gateway id -> its last heartbeat (kept GATEWAY_FORGET_S after)
+
+Janitor. Every worker and gateway runs `sweep` every JANITOR_S: it deletes the inbox and the
+workers-hash entry of every worker whose heartbeat lapsed, and the reply stream of every gateway
+whose heartbeat lapsed (a kill -9 leaves them behind). A worker also ends, silently, the sessions
+whose gateway died (nobody reads their replies). Only a gateway that registered in `gateways`
+is ever judged dead: a gateway of an older version, which does not heartbeat, keeps its stream.
+
+Drain. A worker told to stop (SIGTERM) says `draining: true` in its heartbeat: gateways open no
+new session on it, it stops reading the stateless streams, and it serves its open sessions until
+they end or its grace period runs out (service.worker.worker.Worker.drain).
 
 A stateful session is pinned to the worker with the fewest sessions when it opens; if that worker's
 heartbeat lapses, the gateway ends the session with "session state lost". Stateless frames are
@@ -78,6 +90,10 @@ HEARTBEAT_S = 0.5
 ALIVE_TTL_MS = 2000  # a worker silent this long is dead
 REPLY_STREAM_MAXLEN = 100_000
 FETCH_COUNT = 16  # entries read per stream and call
+JANITOR_S = 2.0  # how often each worker and gateway sweeps what dead peers left
+# A dead gateway stays registered this long, so that a late reply that re-creates its stream is
+# deleted again; past it no worker holds a session of it (they end within JANITOR_S).
+GATEWAY_FORGET_S = 600.0
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +114,70 @@ def alive_key(worker_id: str) -> str:
     return f"{PREFIX}alive:{worker_id}"
 
 
+def gateway_alive_key(gateway_id: str) -> str:
+    return f"{PREFIX}alive-gateway:{gateway_id}"
+
+
 WORKERS_HASH = f"{PREFIX}workers"
+GATEWAYS_HASH = f"{PREFIX}gateways"
+
+
+# --- the janitor ----------------------------------------------------------------------------------
+def dead_gateways(client: redis.Redis, gateway_ids) -> set[str]:
+    """Of these gateways, those that registered (they heartbeat) and whose heartbeat lapsed."""
+    ids = sorted(set(gateway_ids))
+    if not ids:
+        return set()
+    pipe = client.pipeline(transaction=False)
+    pipe.hmget(GATEWAYS_HASH, ids)
+    pipe.mget([gateway_alive_key(g) for g in ids])
+    registered, alive = pipe.execute()
+    return {
+        g for g, r, a in zip(ids, registered, alive, strict=True) if r is not None and a is None
+    }
+
+
+def _beat_time(value: bytes) -> float:
+    try:
+        return float(json.loads(value).get("time", 0.0))
+    except (ValueError, AttributeError):
+        return 0.0
+
+
+def sweep(client: redis.Redis) -> dict[str, int]:
+    """Delete what dead peers left: the inboxes and workers-hash entries of workers whose
+    heartbeat lapsed, the reply streams of registered gateways whose heartbeat lapsed (and their
+    registration GATEWAY_FORGET_S later). Idempotent; a SCAN of the inbox keys, two hashes and a
+    few MGETs. Returns how many keys or entries of each kind it removed."""
+    removed = {"workers": 0, "inboxes": 0, "replies": 0, "gateways": 0}
+    worker_ids = [k.decode() for k in client.hkeys(WORKERS_HASH)]
+    prefix = inbox_stream("")
+    inbox_ids = [
+        k.decode()[len(prefix) :] for k in client.scan_iter(match=f"{prefix}*", count=1000)
+    ]
+    ids = sorted(set(worker_ids) | set(inbox_ids))
+    if ids:
+        alive = client.mget([alive_key(i) for i in ids])
+        dead = {i for i, a in zip(ids, alive, strict=True) if a is None}
+        if dead_entries := [i for i in worker_ids if i in dead]:
+            removed["workers"] = client.hdel(WORKERS_HASH, *dead_entries)
+        if dead_inboxes := [inbox_stream(i) for i in inbox_ids if i in dead]:
+            removed["inboxes"] = client.delete(*dead_inboxes)
+    gateways = client.hgetall(GATEWAYS_HASH)
+    if gateways:
+        ids = [k.decode() for k in gateways]
+        alive = client.mget([gateway_alive_key(g) for g in ids])
+        dead = [g for g, a in zip(ids, alive, strict=True) if a is None]
+        if dead:
+            removed["replies"] = client.delete(*[reply_stream(g) for g in dead])
+            now = time.time()
+            if forget := [
+                g for g in dead if now - _beat_time(gateways[g.encode()]) > GATEWAY_FORGET_S
+            ]:
+                removed["gateways"] = client.hdel(GATEWAYS_HASH, *forget)
+    if any(removed.values()):
+        log.info("janitor removed %s", removed)
+    return removed
 
 
 def accepts(version: int) -> bool:
@@ -352,14 +431,25 @@ class RedisWorkerTransport(WorkerTransport):
         self._last_claim = 0.0
         self._stop = threading.Event()
         self._decoders: ThreadPoolExecutor | None = None
+        self.draining = False
 
     def attach(self, worker) -> None:
         self.worker = worker
 
     def start(self) -> None:
-        self._ensure_group(self.inbox)
+        # Alive first: the janitor deletes the inbox of a worker that is not.
         self.heartbeat()
+        self._ensure_group(self.inbox)
         threading.Thread(target=self._beat, daemon=True, name="heartbeat").start()
+
+    def set_draining(self) -> None:
+        """Take no new work: the heartbeat says so at once (gateways open no session here) and
+        the stateless streams are left to the other workers."""
+        self.draining = True
+        try:
+            self.heartbeat()
+        except redis.RedisError as e:
+            log.warning("heartbeat failed: %s", e)
 
     def stop(self) -> None:
         """Leave cleanly: gateways see this worker gone at once."""
@@ -378,6 +468,7 @@ class RedisWorkerTransport(WorkerTransport):
             "min_protocol": MIN_PROTOCOL_VERSION,
             "models": [dataclasses.asdict(m) for m in models],
             "sessions": self.worker.session_count() if self.worker is not None else 0,
+            "draining": self.draining,
             "time": time.time(),
         }
         pipe = self.client.pipeline()
@@ -386,13 +477,29 @@ class RedisWorkerTransport(WorkerTransport):
         pipe.execute()
 
     def _beat(self) -> None:
+        last_sweep = 0.0
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 self.heartbeat()
+                if time.monotonic() - last_sweep >= JANITOR_S:
+                    last_sweep = time.monotonic()
+                    self.janitor()
             except redis.RedisError as e:
                 log.warning("heartbeat failed: %s", e)
 
+    def janitor(self) -> None:
+        """Sweep what dead peers left, and end the sessions here whose gateway died."""
+        sweep(self.client)
+        if self.worker is None or not hasattr(self.worker, "gateways"):
+            return
+        dead = dead_gateways(self.client, self.worker.gateways())
+        if dead:
+            self.worker.end_sessions_of(dead)
+            self.heartbeat()  # the session count, at once
+
     def _stateless_streams(self, busy: frozenset[str]) -> list[str]:
+        if self.draining:
+            return []
         models = self.worker.models() if self.worker is not None else []
         streams = [work_stream(m.name) for m in models if not m.stateful and m.name not in busy]
         for stream in streams:
@@ -418,13 +525,23 @@ class RedisWorkerTransport(WorkerTransport):
         if self._claimed:
             claimed, self._claimed = self._claimed, []
             return self._receive(claimed)
-        reply = self.client.xreadgroup(
-            GROUP,
-            self.worker_id,
-            {s: ">" for s in [self.inbox, *shared]},
-            count=FETCH_COUNT,
-            block=max(1, int(timeout * 1000)),
-        )
+        try:
+            reply = self.client.xreadgroup(
+                GROUP,
+                self.worker_id,
+                {s: ">" for s in [self.inbox, *shared]},
+                count=FETCH_COUNT,
+                block=max(1, int(timeout * 1000)),
+            )
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            # The janitor deleted this worker's inbox while its heartbeat had lapsed (gateways
+            # took it for dead meanwhile): make the groups again and go on.
+            log.warning("a stream of this worker vanished (%s): made again", e)
+            self._groups_made.clear()
+            self._ensure_group(self.inbox)
+            return []
         entries, inbox_ids = [], []
         for stream, items in reply or []:
             name = stream.decode()
@@ -579,23 +696,60 @@ class RedisGatewayTransport(GatewayTransport):
         self.client: aioredis.Redis | None = None
         self._sessions: dict[str, _Tracked] = {}
         self._tasks: list[asyncio.Task] = []
+        self._beats: redis.Redis | None = None  # the heartbeat thread's own blocking client
+        self._stop_beats = threading.Event()
+        self._beat_thread: threading.Thread | None = None
 
     async def start(self) -> None:
         self.client = aioredis.Redis.from_url(self.url)
         await self.client.ping()
+        # The heartbeat and janitor run in a thread: a stalled event loop does not make this
+        # gateway look dead (which would delete its reply stream).
+        self._beats = redis.Redis.from_url(self.url)
+        await asyncio.to_thread(self._heartbeat)
+        self._beat_thread = threading.Thread(
+            target=self._beat, daemon=True, name="gateway-heartbeat"
+        )
+        self._beat_thread.start()
         self._tasks = [
             asyncio.create_task(self._read_replies()),
             asyncio.create_task(self._watch_workers()),
         ]
 
     async def stop(self) -> None:
+        self._stop_beats.set()
         for task in self._tasks:
             task.cancel()
+        if self._beat_thread is not None:  # no beat after the keys are gone
+            await asyncio.to_thread(self._beat_thread.join, 5)
         if self.client is not None:
-            await self.client.delete(reply_stream(self.gateway_id))
+            await self.client.delete(
+                reply_stream(self.gateway_id), gateway_alive_key(self.gateway_id)
+            )
+            await self.client.hdel(GATEWAYS_HASH, self.gateway_id)
             await self.client.aclose()
 
+    def _heartbeat(self) -> None:
+        info = {"protocol": PROTOCOL_VERSION, "time": time.time()}
+        pipe = self._beats.pipeline()
+        pipe.set(gateway_alive_key(self.gateway_id), "1", px=ALIVE_TTL_MS)
+        pipe.hset(GATEWAYS_HASH, self.gateway_id, json.dumps(info))
+        pipe.execute()
+
+    def _beat(self) -> None:
+        last_sweep = 0.0
+        while not self._stop_beats.wait(HEARTBEAT_S):
+            try:
+                self._heartbeat()
+                if time.monotonic() - last_sweep >= JANITOR_S:
+                    last_sweep = time.monotonic()
+                    sweep(self._beats)
+            except redis.RedisError as e:
+                log.warning("gateway heartbeat failed: %s", e)
+        self._beats.close()
+
     async def _live_workers(self) -> dict[str, dict]:
+        """The workers that are alive and not draining (those take no new session)."""
         entries = await self.client.hgetall(WORKERS_HASH)
         if not entries:
             return {}
@@ -606,9 +760,12 @@ class RedisGatewayTransport(GatewayTransport):
             if not is_alive:
                 continue
             try:
-                live[worker_id] = json.loads(entries[worker_id.encode()])
+                info = json.loads(entries[worker_id.encode()])
             except ValueError:
                 log.warning("worker %s: unreadable heartbeat", worker_id)
+                continue
+            if not info.get("draining"):
+                live[worker_id] = info
         return live
 
     async def models(self) -> list[ModelInfo]:

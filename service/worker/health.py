@@ -2,7 +2,8 @@
 Docker healthchecks, Kubernetes probes and Prometheus can watch a worker that has no gateway.
 
     GET /healthz   200 while the process answers
-    GET /readyz    200 once a model is loaded, else 503 (problem+json, as the gateway's)
+    GET /readyz    200 once a model is loaded, else 503 (problem+json, as the gateway's); 503
+                   while draining
     GET /metrics   Prometheus text: this worker's batch sizes, queue depth and sessions held
 """
 
@@ -40,12 +41,13 @@ class WorkerHealthServer:
             return 200, "application/json", _json({"status": "ok", "worker": self.worker_id})
         if path == "/readyz":
             models = self.worker.models()
-            if not models:
+            draining = getattr(self.worker, "draining", False)
+            if not models or draining:
                 body = {
                     "type": "about:blank",
                     "title": "Not ready",
                     "status": 503,
-                    "detail": "no model loaded yet",
+                    "detail": "shutting down (draining)" if draining else "no model loaded yet",
                 }
                 return 503, "application/problem+json", _json(body)
             body = {"status": "ready", "worker": self.worker_id, "models": _versions(models)}

@@ -60,6 +60,7 @@ class Session:
     # no close ever reaches this worker): it ends as soon as its frames are answered and never
     # counts against max_sessions.
     implicit: bool = False
+    gateway_gone: bool = False  # its gateway died: nobody reads its replies
 
 
 class Worker:
@@ -74,6 +75,7 @@ class Worker:
         self._sessions: dict[str, Session] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self._draining = threading.Event()
         self.scheduler = Scheduler(
             self.config.max_batch_size,
             self.config.max_wait_ms,
@@ -138,6 +140,63 @@ class Worker:
         self._stop.set()
         self.scheduler.stop()
 
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
+    def drain(self, grace_s: float) -> int:
+        """Shut down gracefully (SIGTERM): take no new session (the transport stops advertising
+        this worker and refuses an open that still arrives), serve the open sessions until they
+        end or `grace_s` runs out, end those still open with an explicit UNAVAILABLE error, then
+        stop. Call it from another thread than `run`'s; returns how many sessions were cut."""
+        started = time.monotonic()
+        self._draining.set()
+        with self._lock:
+            held = self.session_count()
+        log.info("draining: %d sessions open, grace %.0f s", held, grace_s)
+        self.transport.set_draining()
+        deadline = started + grace_s
+        while time.monotonic() < deadline and not self._stop.is_set():
+            with self._lock:
+                if not self._sessions:
+                    break
+            time.sleep(0.05)
+        with self._lock:
+            left = [s for s in self._sessions.values() if not s.implicit]
+            for session in left:
+                self._finish(
+                    session,
+                    (
+                        ErrorCode.UNAVAILABLE,
+                        "the worker shut down: the session was still open when its drain grace "
+                        f"period ({grace_s:g} s) ran out; open it again",
+                    ),
+                )
+        log.info(
+            "drained in %.1f s (%d sessions cut at the deadline)",
+            time.monotonic() - started,
+            len(left),
+        )
+        self.stop()
+        return len(left)
+
+    def gateways(self) -> set[str]:
+        """The gateways (`reply_to`) of the sessions held here."""
+        with self._lock:
+            return {s.reply_to for s in self._sessions.values() if s.reply_to and not s.implicit}
+
+    def end_sessions_of(self, gateways: set[str]) -> int:
+        """Free the sessions of gateways that died, without a reply (nobody reads it)."""
+        with self._lock:
+            gone = [s for s in self._sessions.values() if s.reply_to in gateways and not s.implicit]
+            for session in gone:
+                log.warning(
+                    "session %s ended: its gateway %s is gone", session.session_id, session.reply_to
+                )
+                session.gateway_gone = True
+                self._finish(session)
+        return len(gone)
+
     def handle(self, message) -> None:
         try:
             if isinstance(message, OpenSession):
@@ -181,6 +240,11 @@ class Worker:
             return ErrorCode.NOT_FOUND, f"model '{model}' is not served by this worker"
         if session_id in self._sessions:
             return ErrorCode.INVALID_ARGUMENT, f"session {session_id} is already open"
+        if not implicit and self._draining.is_set():
+            return (
+                ErrorCode.UNAVAILABLE,
+                "this worker is shutting down and takes no new session; open it again",
+            )
         if not implicit and self.session_count() >= self.config.max_sessions:
             return ErrorCode.RESOURCE_EXHAUSTED, "the worker holds its maximum of sessions"
         try:
@@ -237,6 +301,10 @@ class Worker:
         """End a session: flush held-back outputs, free its state, send its last reply."""
         self._forget(session)
         runner = session.runner
+        if session.gateway_gone:  # nobody reads its replies: free it, say nothing
+            runner.close_session(session.state)
+            self._release_if_unused(runner)
+            return
         try:
             if error is None:
                 for out in runner.flush(session.state):

@@ -114,6 +114,8 @@ def test_models_health_ready_metrics(server):
     by_name = {m["name"]: m for m in models}
     assert by_name["masktrack"]["task"] == "vis" and "disc" in by_name["masktrack"]["classes"]
     assert by_name["masktrack-instance"]["task"] == "instance"
+    version = by_name["masktrack"]["version"]
+    assert by_name["masktrack"]["stages"] == [{"name": "masktrack", "version": version}]
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server.url}/readyz").status_code == 200
     metrics = httpx.get(f"{server.url}/metrics").text
