@@ -3,9 +3,11 @@ metadata `x-request-id`) when it is a sane one, made otherwise (uuid4 hex); echo
 and put on every log line written while the request is served (a contextvar, read by a
 logging.Filter that adds `request_id` to each record; "-" outside any request).
 
-Threads started with asyncio.to_thread carry the id (they copy the context); the embedded
-worker's own thread does not (its lines show "-")."""
+Threads started with asyncio.to_thread carry the id (they copy the context). Workers get it with
+each OpenSession and Frame (`request_id`) and log under it (`using`) while they handle that
+session's messages and frames, in the embedded worker and in Redis workers alike."""
 
+import contextlib
 import contextvars
 import logging
 import re
@@ -44,6 +46,16 @@ def bind(value: str | bytes | None) -> str:
 
 def current() -> str:
     return _current.get()
+
+
+@contextlib.contextmanager
+def using(request_id: str | None):
+    """Within the block, log lines carry `request_id` (a worker serving a request's session)."""
+    token = _current.set(sane(request_id) or "-")
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 class RequestIdFilter(logging.Filter):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service import requestid
 from service.queue.base import GatewayTransport
 from service.queue.messages import ErrorCode, Frame, Reply, ReplyKind
 from service.schemas import ActionsResult, Event, FrameResult, Stage
@@ -189,6 +190,7 @@ async def _send_all(transport, session, frames, slots, model, options, order, se
                 model=model,
                 options=options,
                 encoded=frame.encoded,
+                request_id=requestid.current(),
             ),
         )
     await transport.close(session)

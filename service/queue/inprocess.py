@@ -10,6 +10,7 @@ import queue
 import threading
 import uuid
 
+from service import requestid
 from service.queue.base import GatewayTransport, NoWorker, SessionHandle, WorkerTransport
 from service.queue.messages import CloseSession, Frame, OpenSession, Reply, WorkMessage
 from service.worker.runner import ModelInfo
@@ -32,7 +33,9 @@ class InProcessTransport(GatewayTransport, WorkerTransport):
         handle = SessionHandle(uuid.uuid4().hex, model)
         with self._lock:
             self._open[handle.session_id] = (asyncio.get_running_loop(), handle)
-        self._inbox.put(OpenSession(handle.session_id, model, dict(options)))
+        self._inbox.put(
+            OpenSession(handle.session_id, model, dict(options), request_id=requestid.current())
+        )
         return handle
 
     async def send(self, session: SessionHandle, frame: Frame) -> None:

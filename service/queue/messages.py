@@ -37,6 +37,7 @@ class OpenSession:
     options: dict = field(default_factory=dict)
     reply_to: str = ""  # the gateway that waits for the replies
     protocol: int = PROTOCOL_VERSION
+    request_id: str = ""  # the client request's id: the worker's log lines of the session show it
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Frame:
     receipt: object = None  # the transport's handle to acknowledge the frame (Redis entry id)
     encoded: bytes | None = None  # the client's JPEG/PNG as sent, when it sent one
     protocol: int = PROTOCOL_VERSION
+    request_id: str = ""  # stateless frames: any worker may log for the request
 
 
 @dataclass

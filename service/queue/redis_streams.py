@@ -68,6 +68,7 @@ from concurrent.futures import ThreadPoolExecutor
 import redis
 import redis.asyncio as aioredis
 
+from service import requestid
 from service.images import ImageError, decode_image, encode_frame
 from service.queue.base import GatewayTransport, NoWorker, SessionHandle, WorkerTransport
 from service.queue.messages import (
@@ -213,6 +214,7 @@ def encode_message(message: WorkMessage) -> dict[str, bytes | str]:
             "model": message.model,
             "options": message.options,
             "reply_to": message.reply_to,
+            "request_id": message.request_id,
         }
         return {"meta": json.dumps(meta), "image": image}
     if isinstance(message, OpenSession):
@@ -223,6 +225,7 @@ def encode_message(message: WorkMessage) -> dict[str, bytes | str]:
             "model": message.model,
             "options": message.options,
             "reply_to": message.reply_to,
+            "request_id": message.request_id,
         }
     else:
         meta = {
@@ -275,6 +278,7 @@ def decode_message(fields: dict, receipt=None) -> WorkMessage | None:
             receipt=receipt,
             encoded=fields[b"image"],
             protocol=version,
+            request_id=str(meta.get("request_id", "")),
         )
     if kind == "open":
         return OpenSession(
@@ -283,6 +287,7 @@ def decode_message(fields: dict, receipt=None) -> WorkMessage | None:
             meta.get("options") or {},
             meta.get("reply_to", ""),
             protocol=version,
+            request_id=str(meta.get("request_id", "")),
         )
     if kind == "close":
         return CloseSession(meta["session_id"], meta.get("reply_to", ""))
@@ -816,7 +821,13 @@ class RedisGatewayTransport(GatewayTransport):
             )
             await self._xadd(
                 inbox_stream(handle.worker_id),
-                OpenSession(handle.session_id, model, options, self.gateway_id),
+                OpenSession(
+                    handle.session_id,
+                    model,
+                    options,
+                    self.gateway_id,
+                    request_id=requestid.current(),
+                ),
             )
         return handle
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from service import requestid
 from service.worker.runner import BatchedForward, ModelRunner, Output, WorkItem
 
 log = logging.getLogger(__name__)
@@ -190,16 +191,21 @@ class Scheduler:
     def _run(self, forward: BatchedForward, batch: list[Queued]) -> None:
         outputs = self._forward(forward, batch)
         for queued, output in zip(batch, outputs, strict=True):
-            result = output
-            if not isinstance(output, Exception):
-                try:
-                    result = queued.runner.step(queued.item, output)
-                except Exception as error:  # the frame's own error; its session is unchanged
-                    if not isinstance(error, ValueError):
-                        log.exception("model %s failed on a frame's step", queued.runner.info.name)
-                    result = error
-            self._answered(queued)
-            self.on_done(queued.runner, queued.item, result)
+            # The frame's request id (it came with the frame) on what is logged for it.
+            with requestid.using(getattr(queued.item.message, "request_id", "")):
+                self._step(queued, output)
+
+    def _step(self, queued: Queued, output) -> None:
+        result = output
+        if not isinstance(output, Exception):
+            try:
+                result = queued.runner.step(queued.item, output)
+            except Exception as error:  # the frame's own error; its session is unchanged
+                if not isinstance(error, ValueError):
+                    log.exception("model %s failed on a frame's step", queued.runner.info.name)
+                result = error
+        self._answered(queued)
+        self.on_done(queued.runner, queued.item, result)
 
     def _answered(self, queued: Queued) -> None:
         with self._cond:

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from service import requestid
 from service.queue.base import WorkerTransport
 from service.queue.messages import (
     CloseSession,
@@ -60,6 +61,7 @@ class Session:
     # no close ever reaches this worker): it ends as soon as its frames are answered and never
     # counts against max_sessions.
     implicit: bool = False
+    request_id: str = ""  # the client request's: the session's log lines carry it
     gateway_gone: bool = False  # its gateway died: nobody reads its replies
 
 
@@ -198,6 +200,16 @@ class Worker:
         return len(gone)
 
     def handle(self, message) -> None:
+        with requestid.using(self._request_id_of(message)):
+            self._handle(message)
+
+    def _request_id_of(self, message) -> str:
+        if isinstance(message, CloseSession):
+            session = self._sessions.get(message.session_id)
+            return session.request_id if session is not None else ""
+        return message.request_id
+
+    def _handle(self, message) -> None:
         try:
             if isinstance(message, OpenSession):
                 self._open(message)
@@ -219,7 +231,9 @@ class Worker:
 
     def _open(self, msg: OpenSession) -> None:
         with self._lock:
-            error = self._open_session(msg.session_id, msg.model, msg.options, msg.reply_to)
+            error = self._open_session(
+                msg.session_id, msg.model, msg.options, msg.reply_to, request_id=msg.request_id
+            )
         if error is not None:
             self._reply(
                 Reply(
@@ -233,7 +247,13 @@ class Worker:
             )
 
     def _open_session(
-        self, session_id: str, model: str, options: dict, reply_to: str, implicit: bool = False
+        self,
+        session_id: str,
+        model: str,
+        options: dict,
+        reply_to: str,
+        implicit: bool = False,
+        request_id: str = "",
     ) -> tuple[ErrorCode, str] | None:
         runner = self._current.get(model)
         if runner is None:
@@ -251,8 +271,12 @@ class Worker:
             state = runner.open_session(dict(options))
         except OptionError as e:
             return ErrorCode.INVALID_ARGUMENT, str(e)
-        self._sessions[session_id] = Session(session_id, runner, state, reply_to, implicit=implicit)
+        self._sessions[session_id] = Session(
+            session_id, runner, state, reply_to, implicit=implicit, request_id=request_id
+        )
         self.scheduler.session_opened(runner)
+        if not implicit:  # (an implicit session lives for one frame: no line for each)
+            log.info("session %s on %s %s", session_id, runner.info.name, runner.info.version)
         return None
 
     def _frame(self, msg: Frame) -> None:
@@ -264,7 +288,12 @@ class Worker:
                 runner = self._current.get(msg.model)
                 if runner is not None and not runner.stateful:
                     error = self._open_session(
-                        msg.session_id, msg.model, msg.options, msg.reply_to, implicit=True
+                        msg.session_id,
+                        msg.model,
+                        msg.options,
+                        msg.reply_to,
+                        implicit=True,
+                        request_id=msg.request_id,
                     )
                     session = self._sessions.get(msg.session_id)
             if session is None:
@@ -299,6 +328,7 @@ class Worker:
 
     def _finish(self, session: Session, error: tuple[ErrorCode, str] | None = None) -> None:
         """End a session: flush held-back outputs, free its state, send its last reply."""
+        log.info("session %s ended%s", session.session_id, f": {error[1]}" if error else "")
         self._forget(session)
         runner = session.runner
         if session.gateway_gone:  # nobody reads its replies: free it, say nothing
@@ -342,23 +372,23 @@ class Worker:
                 if s.in_flight == 0 and now - s.last_active > self.config.session_idle_s
             ]
             for session in idle:
-                log.info(
-                    "session %s idle for %.0f s: ended",
-                    session.session_id,
-                    now - session.last_active,
-                )
-                if session.runner.stateful:
-                    self._finish(
-                        session,
-                        (
-                            ErrorCode.STATE_LOST,
-                            f"session expired after {self.config.session_idle_s:.0f} s idle",
-                        ),
-                    )
-                else:
-                    self._forget(session)
-                    session.runner.close_session(session.state)
-                    self._release_if_unused(session.runner)
+                with requestid.using(session.request_id):
+                    self._expire(session, now)
+
+    def _expire(self, session: Session, now: float) -> None:
+        log.info("session %s idle for %.0f s: ended", session.session_id, now - session.last_active)
+        if session.runner.stateful:
+            self._finish(
+                session,
+                (
+                    ErrorCode.STATE_LOST,
+                    f"session expired after {self.config.session_idle_s:.0f} s idle",
+                ),
+            )
+        else:
+            self._forget(session)
+            session.runner.close_session(session.state)
+            self._release_if_unused(session.runner)
 
     # --- results ------------------------------------------------------------------------------
     def _observe_batch(self, forward: str, size: int) -> None:

@@ -130,6 +130,10 @@ def test_the_request_id_is_echoed_or_made_and_in_the_log(guarded, video_file):
     lines = [line for line in guarded.log_path.read_text().splitlines() if "client-id-42" in line]
     assert any("POST /v1/segment" in line for line in lines), lines  # the access log
     assert any(re.search(r"session \S+ opened: model", line) for line in lines), lines
+    # The worker's lines of the session carry it too (it came with the session's messages).
+    worker_lines = [line for line in lines if "service.worker.worker" in line]
+    assert any(re.search(r"session \S+ on masktrack ", line) for line in worker_lines), lines
+    assert any(re.search(r"session \S+ ended", line) for line in worker_lines), lines
 
 
 def test_grpc_sends_the_request_id_back(guarded, video_file):

@@ -153,7 +153,7 @@ def test_a_protocol_1_reply_still_reads():
 def test_messages_round_trip_with_the_frame_encoded():
     image = rgb(40, 30)
     frame = Frame("s", 4, 0.5, image, {1: {"size": [30, 40], "counts": "x"}}, model="m",
-                  options={"score_threshold": 0.2}, reply_to="gw")  # fmt: skip
+                  options={"score_threshold": 0.2}, reply_to="gw", request_id="req-1")  # fmt: skip
     fields = encode_message(frame)
     assert json.loads(fields["meta"])["protocol"] == PROTOCOL_VERSION
     assert fields["image"] == encode_frame(image)  # lossless WebP, not raw pixels
@@ -162,6 +162,9 @@ def test_messages_round_trip_with_the_frame_encoded():
     assert (back.index, back.time, back.prompt, back.options, back.receipt) == (
         4, 0.5, {1: {"size": [30, 40], "counts": "x"}}, {"score_threshold": 0.2}, ("stream", b"1-0")
     )  # fmt: skip
+    assert back.request_id == "req-1"
+    opened = OpenSession("s", "m", {}, "gw", request_id="req-1")
+    assert decode_message(entry(encode_message(opened))) == opened
     # A client's own JPEG goes as it came.
     client = Frame("s", 5, 0.6, None, encoded=b"\xff\xd8\xff client bytes")
     assert encode_message(client)["image"] == b"\xff\xd8\xff client bytes"
