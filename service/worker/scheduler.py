@@ -83,7 +83,6 @@ class Scheduler:
         self.on_done = on_done
         self.on_batch = on_batch or (lambda forward, size: None)
         self._queues: dict[int, ForwardQueue] = {}  # id(forward) -> its queue
-        self._per_model: dict[str, int] = {}  # model name -> frames queued or running
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, daemon=True, name=name)
@@ -119,16 +118,7 @@ class Scheduler:
                 if busy:
                     queue.device_seconds = max(queue.device_seconds, min(busy))
             queue.pending.append(Queued(runner, item, time.monotonic()))
-            name = runner.info.name
-            self._per_model[name] = self._per_model.get(name, 0) + 1
             self._cond.notify()
-
-    def queue_depth(self, model: str | None = None) -> int:
-        """Frames taken and not yet answered: of one model, or of all."""
-        with self._cond:
-            if model is not None:
-                return self._per_model.get(model, 0)
-            return sum(self._per_model.values())
 
     def stop(self) -> None:
         with self._cond:
@@ -204,15 +194,7 @@ class Scheduler:
                 if not isinstance(error, ValueError):
                     log.exception("model %s failed on a frame's step", queued.runner.info.name)
                 result = error
-        self._answered(queued)
         self.on_done(queued.runner, queued.item, result)
-
-    def _answered(self, queued: Queued) -> None:
-        with self._cond:
-            name = queued.runner.info.name
-            self._per_model[name] -= 1
-            if not self._per_model[name]:
-                del self._per_model[name]
 
     def _forward(self, forward: BatchedForward, batch: list[Queued]) -> list[Any]:
         """The batched pass; when it fails, each item alone (one bad frame costs only itself)."""

@@ -106,7 +106,16 @@ class Worker:
             return self._current.get(name)
 
     def queue_depth(self, model: str | None = None) -> int:
-        return self.scheduler.queue_depth(model)
+        """Frames taken and not yet answered: of one model, or of all (the sessions count them)."""
+        return sum(n for name, n in self._in_flight_per_model().items() if model in (None, name))
+
+    def _in_flight_per_model(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self._lock:
+            for session in self._sessions.values():
+                name = session.runner.info.name
+                counts[name] = counts.get(name, 0) + session.in_flight
+        return counts
 
     def session_count(self) -> int:
         with self._lock:
@@ -114,9 +123,7 @@ class Worker:
 
     def busy_models(self) -> frozenset[str]:
         limit = self.config.max_queued_per_model
-        with self._lock:
-            names = list(self._current)
-        return frozenset(n for n in names if self.scheduler.queue_depth(n) >= limit)
+        return frozenset(n for n, depth in self._in_flight_per_model().items() if depth >= limit)
 
     def _release_if_unused(self, runner: ModelRunner) -> None:
         in_use = runner is self._current.get(runner.info.name) or any(
