@@ -1,0 +1,1 @@
+"""vidserve client (being written)."""
