@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from tests.deploy.files import ROOT, tool
-from tests.service.conftest import Server
 
 
 def _load(name: str):
@@ -66,13 +65,8 @@ def test_a_report_has_every_figure():
     assert report["machine"]["cpu_count"] >= 1 and report["machine"]["cpu"]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    log = open(tmp_path_factory.mktemp("logs") / "server.log", "w")  # noqa: SIM115
-    srv = Server(env={"OMP_NUM_THREADS": "1"}, log=log)
-    yield srv
-    srv.stop()
-    log.close()
+# `server` is the test session's shared embedded server (tests/conftest.py): the generators'
+# small videos (160x120, 6 frames) are within its limits.
 
 
 def test_grpc_streams_writes_its_report(server, tmp_path):

@@ -8,11 +8,8 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
-from models.data.synthetic.export import generate_video
 from models.data.synthetic.world import WorldConfig
-from models.data.video import write_mp4
 from service.settings import SHIPPED_CHECKPOINTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,34 +83,16 @@ class Server:
         return "\n".join(line for line in text.splitlines() if line.startswith(name))
 
 
-@pytest.fixture(scope="session")
-def video_file(tmp_path_factory) -> Path:
-    """A 10-frame synthetic video (320x240 H.264)."""
-    path = tmp_path_factory.mktemp("videos") / "objects.mp4"
-    write_mp4(path, generate_video(VIDEO_WORLD, 4242, 0).frames, VIDEO_WORLD.fps)
-    return path
+# The fixtures `video_file`, `other_video_file` and `server` live in tests/conftest.py, so that
+# every folder (service, deploy, client, web) shares one video and one server per test session.
+# They stay importable from here by their old names; a module-level __getattr__ keeps them out of
+# this module's namespace, where pytest would register a second copy (a second server).
+SHARED_FIXTURES = ("video_file", "other_video_file", "server")
 
 
-@pytest.fixture(scope="session")
-def other_video_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("videos") / "other.mp4"
-    write_mp4(path, generate_video(VIDEO_WORLD, 4242, 1).frames, VIDEO_WORLD.fps)
-    return path
+def __getattr__(name: str):
+    if name in SHARED_FIXTURES:
+        import tests.conftest
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    log = open(tmp_path_factory.mktemp("logs") / "server.log", "w")  # noqa: SIM115
-    srv = Server(
-        env={
-            "VIDSERVE_MAX_UPLOAD_BYTES": str(3 * 1024 * 1024),
-            "VIDSERVE_MAX_FRAMES_IN_FLIGHT": "128",
-            "VIDSERVE_MAX_VIDEO_FRAMES": "40",
-            "VIDSERVE_MAX_WIDTH": "400",
-            "VIDSERVE_MAX_HEIGHT": "300",
-        },
-        log=log,
-    )
-    yield srv
-    srv.stop()
-    log.close()
+        return getattr(tests.conftest, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,16 +2,16 @@
 
 import io
 import json
-import subprocess
-import sys
 
 import av
 import httpx
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from models.data.rle import decode_rle
-from tests.service.conftest import ROOT, VIDEO_WORLD
+from service.cli import app
+from tests.service.conftest import VIDEO_WORLD
 
 LOW = {"score_threshold": "0.05"}  # enough objects to compare, also from a young model
 
@@ -54,26 +54,14 @@ def test_segment_matches_the_local_command(server, video_file, tmp_path):
         x1, y1, x2, y2 = obj["box"]
         assert 0 <= x1 <= x2 <= 320 and 0 <= y1 <= y2 <= 240
     out = tmp_path / "local.json"
-    local = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "segment",
-            str(video_file),
-            "--out",
-            str(out),
-            "--score-threshold",
-            "0.05",
-            "--ytvis-out",
-            str(tmp_path / "ytvis.json"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    # The command's own code in this process (as tests/service/test_vos_api.py runs it): a
+    # subprocess would add a Python start and a torch import and show nothing more.
+    local = CliRunner().invoke(
+        app,
+        ["segment", str(video_file), "--out", str(out), "--score-threshold", "0.05"]
+        + ["--ytvis-out", str(tmp_path / "ytvis.json")],
     )
-    assert local.returncode == 0, local.stderr
+    assert local.exit_code == 0, local.output
     expected = json.loads(out.read_text())
     assert_same_frames(body["frames"], expected["frames"])
     assert body["tracks"] == expected["tracks"] or len(body["tracks"]) == len(expected["tracks"])
@@ -109,7 +97,7 @@ def test_annotated_mp4(server, video_file):
         assert sum(1 for _ in container.decode(stream)) == 5
 
 
-def test_models_health_ready_metrics(server):
+def test_models_health_ready_metrics(server, video_file):
     models = httpx.get(f"{server.url}/v1/models").json()["models"]
     by_name = {m["name"]: m for m in models}
     assert by_name["masktrack"]["task"] == "vis" and "disc" in by_name["masktrack"]["classes"]
@@ -118,6 +106,15 @@ def test_models_health_ready_metrics(server):
     assert by_name["masktrack"]["stages"] == [{"name": "masktrack", "version": version}]
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server.url}/readyz").status_code == 200
+    # The server is shared by the session: this test makes the request its metrics count, and
+    # compares the counters with what they were before it, whatever ran earlier.
+    ok = 'vidserve_requests_total{endpoint="/v1/segment",status="200"}'
+    frames = 'vidserve_frames_total{model="masktrack"}'
+    before = metric_values(server, ok, frames)
+    answer = post(server, video_file.read_bytes(), {"max_frames": "1"})
+    assert answer.status_code == 200, answer.text
+    after = metric_values(server, ok, frames)
+    assert after[ok] == before[ok] + 1 and after[frames] == before[frames] + 1
     metrics = httpx.get(f"{server.url}/metrics").text
     for name in [
         "vidserve_requests_total",
@@ -126,6 +123,16 @@ def test_models_health_ready_metrics(server):
         'vidserve_stage_seconds_bucket{le="0.001",stage="decode"}',
     ]:
         assert name in metrics
+
+
+def metric_values(server, *series: str) -> dict[str, float]:
+    """The current value of each series (name and labels as /metrics writes them; 0 if absent)."""
+    values = dict.fromkeys(series, 0.0)
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in values:
+            values[name] = float(value)
+    return values
 
 
 def test_docs_have_examples(server):
