@@ -6,7 +6,8 @@ outermost one): its request id, the API key, the declared body size and the body
 - API keys (`VIDSERVE_API_KEYS`): every /v1 path needs `Authorization: Bearer <key>` or
   `X-API-Key: <key>` (compared in constant time); 401 problem+json with `WWW-Authenticate`
   otherwise. /healthz, /readyz, /metrics stay open for probes and scrapers, and so do /docs,
-  /redoc and /openapi.json (they describe the API, they run nothing).
+  /redoc and /openapi.json (they describe the API, they run nothing) and the web page (`/`,
+  `/static/...`: its own calls to /v1 carry the key typed into it).
 - Body size: a `Content-Length` over `VIDSERVE_MAX_UPLOAD_BYTES` plus the multipart overhead is
   answered 413 at once, before a byte of the body is read; a body without a length (chunked) is
   counted as it arrives and refused the same way once over.
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 
 # Room for the multipart framing and the small form fields (and a prompt PNG) besides the video.
 MULTIPART_OVERHEAD = 1024 * 1024
-OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json", "/static/")
+OPEN_EXACT = ("/",)  # the web page; the API it calls needs the key (typed into the page)
 
 
 class _BodyRefused(Exception):
@@ -83,7 +85,7 @@ class Guard:
         id_header = (b"x-request-id", request_id.encode())
 
         path = scope.get("path", "")
-        if self.api_keys and not path.startswith(OPEN_PATHS):
+        if self.api_keys and not (path in OPEN_EXACT or path.startswith(OPEN_PATHS)):
             key = presented_key(headers.get("authorization"), headers.get("x-api-key"))
             if not key_matches(key, self.api_keys):
                 detail = (
