@@ -248,7 +248,9 @@ async def serve_gateways(
     ctx = ServiceContext.create(settings, transport, worker, metrics)
     grpc_server = await start_grpc_server(ctx, settings.grpc_port)
     health_task = asyncio.create_task(_keep_health(grpc_server, transport, set_health))
-    gate = DrainGate(create_app(ctx), settings.retry_after_s)
+    app = create_app(ctx)
+    gate = DrainGate(app, settings.retry_after_s)
+    await app.state.jobs.start()  # the job runner (service.gateway.jobs)
     config = uvicorn.Config(
         gate,
         host=settings.host,
@@ -262,6 +264,7 @@ async def serve_gateways(
 
     async def drain() -> None:
         health_task.cancel()
+        await app.state.jobs.stop()  # running jobs go back to the queue, not waited for
         await drain_gateways(gate, ctx.admission, grpc_server, settings.drain_grace_s)
 
     server = DrainingServer(config, drain)
@@ -278,6 +281,7 @@ async def serve_gateways(
         await server.serve()
     finally:
         health_task.cancel()
+        await app.state.jobs.stop()
         await grpc_server.stop(grace=2)
         await transport.stop()
 

@@ -64,6 +64,18 @@ class Settings(BaseSettings):
         600.0, gt=0, description="longest time a REST request body may take to arrive (408)"
     )
 
+    # Long videos as jobs (POST /v1/jobs).
+    job_ttl_s: float = Field(
+        3600.0, gt=0, description="how long a job's result is kept after the job ends"
+    )
+    max_jobs_running: int = Field(2, ge=1, description="jobs one gateway runs at once")
+    job_lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="with Redis: a job whose gateway's heartbeat lapsed is taken by another "
+        "gateway once the job's queue entry has been idle this long",
+    )
+
     # Worker batching and sessions.
     max_batch_size: int = Field(8, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)

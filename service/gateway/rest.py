@@ -1,4 +1,5 @@
-"""The REST gateway (FastAPI): POST /v1/segment, GET /v1/models, health, readiness, metrics.
+"""The REST gateway (FastAPI): POST /v1/segment, GET /v1/models, health, readiness, metrics;
+the jobs routes (/v1/jobs: service.gateway.jobs_api) take the same form (`SegmentForm`).
 
 Every error is RFC 9457 problem+json: 400 bad parameters (a prompt that cannot be read), 404
 unknown model, 406 DAVIS output asked of a model that is not VOS, 413 too large, 415 not a video,
@@ -15,10 +16,11 @@ import re
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, File, Form, Header, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
@@ -72,6 +74,114 @@ def problem(status: int, title: str, detail: str, headers: dict | None = None) -
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+@dataclass
+class SegmentForm:
+    """The multipart form of a video request: POST /v1/segment and POST /v1/jobs take the same."""
+
+    video: UploadFile
+    model: str | None = None
+    score_threshold: float | None = None
+    frame_stride: int = 1
+    max_frames: int | None = None
+    prompt: UploadFile | None = None
+    prompt_rle: str | None = None
+    prompt_frame: int | None = None
+    _prompt_data: bytes | None = field(default=None, repr=False)
+
+    @property
+    def options(self) -> dict:
+        """The options the worker gets (the model's defaults for what is not given)."""
+        return {} if self.score_threshold is None else {"score_threshold": self.score_threshold}
+
+    async def prompt_png(self, max_bytes: int) -> bytes | None:
+        """The prompt PNG's bytes (read once; 413 over the upload limit), None when not sent."""
+        if self.prompt is not None and self._prompt_data is None:
+            data = await self.prompt.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise InputError(413, "Prompt too large", "the prompt PNG exceeds the upload limit")
+            self._prompt_data = data
+        return self._prompt_data
+
+
+async def segment_form(
+    video: Annotated[UploadFile, File(description="The video (mp4, mov, mkv, webm, ...)")],
+    model: Annotated[
+        str | None, Form(description="Model name; see GET /v1/models", examples=["masktrack"])
+    ] = None,
+    score_threshold: Annotated[
+        float | None,
+        Form(
+            ge=0.0,
+            le=1.0,
+            description=("Report objects scoring at least this (model default when absent)"),
+        ),
+    ] = None,
+    frame_stride: Annotated[int, Form(ge=1, le=1000, description="Process every n-th frame")] = 1,
+    max_frames: Annotated[
+        int | None,
+        Form(ge=1, description=("Process at most this many frames (the rest are ignored)")),
+    ] = None,
+    prompt: Annotated[
+        UploadFile | None,
+        File(
+            description="VOS models: an indexed (palette) or grayscale PNG of the prompted "
+            "frame, pixel value = object id (1..255), 0 = background"
+        ),
+    ] = None,
+    prompt_rle: Annotated[
+        str | None,
+        Form(
+            description='VOS models, instead of `prompt`: JSON {"<object id>": {"size": '
+            '[h, w], "counts": "<COCO RLE>"}, ...}'
+        ),
+    ] = None,
+    prompt_frame: Annotated[
+        int | None,
+        Form(ge=0, description="VOS models: the frame the prompt marks (default 0)"),
+    ] = None,
+) -> SegmentForm:
+    """The form as a dependency (FastAPI validates each field: 400 Bad parameters)."""
+    return SegmentForm(
+        video, model, score_threshold, frame_stride, max_frames, prompt, prompt_rle, prompt_frame
+    )
+
+
+class Refused(Exception):
+    """A request answered early with this problem+json (no worker, unknown model)."""
+
+    def __init__(self, response: JSONResponse):
+        super().__init__(response.status_code)
+        self.response = response
+
+
+async def served_model(ctx: ServiceContext, requested: str | None) -> ModelInfo:
+    """The model a request names (the default one when it names none); Refused with 503 while
+    no worker serves, 404 for a model not served."""
+    name = requested or ctx.settings.default_model
+    served = {m.name: m for m in await ctx.transport.models()}
+    if not served:
+        raise Refused(
+            problem(
+                503,
+                "No worker",
+                "no worker is serving yet; retry shortly",
+                {"Retry-After": str(ctx.settings.retry_after_s)},
+            )
+        )
+    if name not in served:
+        known = ", ".join(sorted(served))
+        raise Refused(
+            problem(404, "Unknown model", f"model '{name}' is not served; served: {known}")
+        )
+    return served[name]
+
+
+def video_limits(ctx: ServiceContext) -> VideoLimits:
+    return VideoLimits(
+        ctx.settings.max_video_frames, ctx.settings.max_width, ctx.settings.max_height
+    )
+
+
 def create_app(ctx: ServiceContext) -> FastAPI:
     # /docs (Swagger UI) and /redoc load their scripts, styles and icon from this server (the
     # fastapi-offline package ships them), so that they work where no CDN can be reached.
@@ -93,6 +203,10 @@ def create_app(ctx: ServiceContext) -> FastAPI:
         body_deadline_s=ctx.settings.body_deadline_s,
         on_refused=lambda status: ctx.metrics.errors.labels(str(status)).inc(),
     )
+
+    from service.gateway.web.router import router as web_router  # the page, its files, samples
+
+    app.include_router(web_router)
 
     @app.get("/healthz", tags=["operations"], summary="The process is up")
     async def healthz():
@@ -150,75 +264,28 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     )
     async def segment(
         request: Request,
-        video: Annotated[UploadFile, File(description="The video (mp4, mov, mkv, webm, ...)")],
-        model: Annotated[
-            str | None, Form(description="Model name; see GET /v1/models", examples=["masktrack"])
-        ] = None,
-        score_threshold: Annotated[
-            float | None,
-            Form(
-                ge=0.0,
-                le=1.0,
-                description=("Report objects scoring at least this (model default when absent)"),
-            ),
-        ] = None,
-        frame_stride: Annotated[
-            int, Form(ge=1, le=1000, description="Process every n-th frame")
-        ] = 1,
-        max_frames: Annotated[
-            int | None,
-            Form(ge=1, description=("Process at most this many frames (the rest are ignored)")),
-        ] = None,
-        prompt: Annotated[
-            UploadFile | None,
-            File(
-                description="VOS models: an indexed (palette) or grayscale PNG of the prompted "
-                "frame, pixel value = object id (1..255), 0 = background"
-            ),
-        ] = None,
-        prompt_rle: Annotated[
-            str | None,
-            Form(
-                description='VOS models, instead of `prompt`: JSON {"<object id>": {"size": '
-                '[h, w], "counts": "<COCO RLE>"}, ...}'
-            ),
-        ] = None,
-        prompt_frame: Annotated[
-            int | None,
-            Form(ge=0, description="VOS models: the frame the prompt marks (default 0)"),
-        ] = None,
+        form: Annotated[SegmentForm, Depends(segment_form)],
         accept: Annotated[str | None, Header()] = None,
     ):
-        name = model or ctx.settings.default_model
-        served = {m.name: m for m in await ctx.transport.models()}
-        if not served:
-            return problem(
-                503,
-                "No worker",
-                "no worker is serving yet; retry shortly",
-                {"Retry-After": str(ctx.settings.retry_after_s)},
-            )
-        if name not in served:
-            known = ", ".join(sorted(served))
-            return problem(404, "Unknown model", f"model '{name}' is not served; served: {known}")
-        if ZIP in (accept or "") and served[name].task != "vos":
+        info = await served_model(ctx, form.model)
+        name = info.name
+        if ZIP in (accept or "") and info.task != "vos":
             return problem(
                 406, "Not acceptable", f"DAVIS PNGs are written for VOS models; '{name}' is not"
             )
-        video_prompt = await _read_prompt(ctx, served[name], prompt, prompt_rle, prompt_frame)
-        options = {} if score_threshold is None else {"score_threshold": score_threshold}
+        video_prompt = await read_prompt(ctx, info, form)
         reservation = ctx.admission.acquire()  # Busy -> 429
         cleanup = Cleanup(reservation)
         try:
-            cleanup.upload = await _save_upload(video, ctx.settings.max_upload_bytes)
+            cleanup.upload = await save_upload(form.video, ctx.settings.max_upload_bytes)
             response = await _answer(
                 request,
                 ctx,
                 cleanup,
                 name,
-                options,
-                frame_stride,
-                max_frames,
+                form.options,
+                form.frame_stride,
+                form.max_frames,
                 accept or "",
                 video_prompt,
             )
@@ -228,6 +295,12 @@ def create_app(ctx: ServiceContext) -> FastAPI:
             if not cleanup.handed_over:
                 await cleanup()
 
+    # Long videos as jobs: the same form; the runner starts with the gateways (service.app).
+    from service.gateway.jobs import JobService
+    from service.gateway.jobs_api import jobs_router
+
+    app.state.jobs = JobService.for_context(ctx)
+    app.include_router(jobs_router(ctx, app.state.jobs))
     return app
 
 
@@ -262,9 +335,7 @@ async def _answer(
     accept: str,
     prompt: VideoPrompt | None = None,
 ):
-    limits = VideoLimits(
-        ctx.settings.max_video_frames, ctx.settings.max_width, ctx.settings.max_height
-    )
+    limits = video_limits(ctx)
     started = time.monotonic()
     probe = await asyncio.to_thread(probe_video, cleanup.upload, limits, stride, max_frames)
     ctx.metrics.stage_seconds.labels("decode").observe(time.monotonic() - started)
@@ -306,18 +377,20 @@ async def _answer(
     return response
 
 
-async def _read_prompt(
-    ctx: ServiceContext, info: ModelInfo, png: UploadFile | None, rle: str | None, frame: int | None
+async def read_prompt(
+    ctx: ServiceContext, info: ModelInfo, form: SegmentForm
 ) -> VideoPrompt | None:
-    """The request's prompt, read and checked against the model (400 / 422 otherwise)."""
-    data = None
-    if png is not None:
-        data = await png.read(ctx.settings.max_upload_bytes + 1)
-        if len(data) > ctx.settings.max_upload_bytes:
-            raise InputError(413, "Prompt too large", "the prompt PNG exceeds the upload limit")
+    """The request's prompt, read and checked against the model (400 / 413 / 422 otherwise)."""
+    data = await form.prompt_png(ctx.settings.max_upload_bytes)
     limits = (ctx.settings.max_height, ctx.settings.max_width)
     return await asyncio.to_thread(
-        read_video_prompt, info.name, info.takes_prompt, data, rle, frame, limits
+        read_video_prompt,
+        info.name,
+        info.takes_prompt,
+        data,
+        form.prompt_rle,
+        form.prompt_frame,
+        limits,
     )
 
 
@@ -401,7 +474,7 @@ def _response(events: list[Event], probe) -> SegmentResponse:
 _PLAIN_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 
 
-async def _save_upload(video: UploadFile, max_bytes: int) -> Path:
+async def save_upload(video: UploadFile, max_bytes: int) -> Path:
     """Copy the upload to a file of our own (PyAV reads by path), enforcing the size limit.
     The client's file name gives the temporary file its suffix (a hint for the demuxer) only when
     it is a plain one (".mp4"): a name with a NUL byte, a slash or other odd characters is not
@@ -447,7 +520,9 @@ def _add_error_handlers(app: FastAPI, ctx: ServiceContext) -> None:
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
         response = await call_next(request)
-        ctx.metrics.requests.labels(request.url.path, str(response.status_code)).inc()
+        # The route's template (/v1/jobs/{job_id}): one series per route, not one per job.
+        path = getattr(request.scope.get("route"), "path", request.url.path)
+        ctx.metrics.requests.labels(path, str(response.status_code)).inc()
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -475,6 +550,10 @@ def _add_error_handlers(app: FastAPI, ctx: ServiceContext) -> None:
             f"the service is at capacity; retry after {exc.retry_after_s} s",
             {"Retry-After": str(exc.retry_after_s)},
         )
+
+    @app.exception_handler(Refused)
+    async def refused(request, exc: Refused):
+        return exc.response
 
     @app.exception_handler(ClientGone)
     async def client_gone(request, exc: ClientGone):
