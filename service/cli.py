@@ -119,25 +119,64 @@ def _settings(**overrides) -> "Settings":  # noqa: F821 - imported lazily
         raise typer.BadParameter(str(e)) from None
 
 
+ENV_PREFIX = "VIDSERVE_"
+SHIPPED_STORE = "the shipped checkpoints/ folder"
+
+
+def setting_option(field: str, help: str, *, default: str | None = None, **options):
+    """An option for the setting `field` (service/settings.py): it reads the setting's
+    environment variable, VIDSERVE_<FIELD>, and its help shows that variable and the setting's
+    default (or `default`, said in words). The command passes None on to Settings when neither
+    is given, so the setting's own default applies: what the help shows is what runs."""
+    from service.settings import Settings
+
+    declared = Settings.model_fields[field].default
+    shown = default if default is not None else declared
+    return typer.Option(
+        help=help,
+        envvar=f"{ENV_PREFIX}{field.upper()}",
+        show_envvar=True,
+        show_default=str(shown) if shown is not None else False,
+        **options,
+    )
+
+
+# Options of the settings, one meaning wherever they appear.
+StoreSetting = Annotated[
+    Path | None,
+    setting_option("checkpoint_store", "Checkpoint store folder.", default=SHIPPED_STORE),
+]
+DeviceSetting = Annotated[
+    str | None, setting_option("device", "auto (CUDA when present), cpu or cuda:N.")
+]
+RedisSetting = Annotated[
+    str | None,
+    setting_option(
+        "redis_url",
+        "Redis URL, e.g. redis://localhost:6379.",
+        default="none: no Redis",
+    ),
+]
+
+
 @app.command()
 def serve(
-    port: Annotated[int | None, typer.Option(help="REST port [env VIDSERVE_PORT, 8000].")] = None,
-    grpc_port: Annotated[
-        int | None, typer.Option(help="gRPC port [env VIDSERVE_GRPC_PORT, 50051].")
-    ] = None,
-    host: Annotated[str | None, typer.Option(help="Interface to listen on [0.0.0.0].")] = None,
-    store: Annotated[
-        Path | None,
-        typer.Option(
-            help="Checkpoint store [env VIDSERVE_CHECKPOINT_STORE, the shipped checkpoints]."
-        ),
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda:N [auto].")] = None,
+    port: Annotated[int | None, setting_option("port", "REST port.")] = None,
+    grpc_port: Annotated[int | None, setting_option("grpc_port", "gRPC port.")] = None,
+    host: Annotated[str | None, setting_option("host", "Interface to listen on.")] = None,
+    store: StoreSetting = None,
+    device: DeviceSetting = None,
     redis_url: Annotated[
         str | None,
-        typer.Option(
-            help="Run only the gateways, with workers behind Redis [env VIDSERVE_REDIS_URL]."
+        setting_option(
+            "redis_url",
+            "Run only the gateways, with workers behind this Redis.",
+            default="none: the worker runs in this process",
         ),
+    ] = None,
+    default_model: Annotated[
+        str | None,
+        setting_option("default_model", "The model a request that names none gets."),
     ] = None,
 ) -> None:
     """Run the service: REST on --port, gRPC on --grpc-port. Without --redis-url the worker runs
@@ -151,6 +190,7 @@ def serve(
         checkpoint_store=store,
         device=device,
         redis_url=redis_url,
+        default_model=default_model,
     )
     try:
         if settings.redis_url:
@@ -170,18 +210,23 @@ def serve(
 
 @app.command()
 def worker(
-    redis_url: Annotated[
-        str | None, typer.Option(help="Redis URL [env VIDSERVE_REDIS_URL].")
+    redis_url: RedisSetting = None,
+    store: StoreSetting = None,
+    device: DeviceSetting = None,
+    max_batch_size: Annotated[
+        int | None,
+        setting_option("max_batch_size", "Most frames in one forward pass.", min=1),
     ] = None,
-    store: Annotated[Path | None, typer.Option(help="Checkpoint store [shipped].")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda:N [auto].")] = None,
-    max_batch_size: Annotated[int | None, typer.Option(min=1)] = None,
-    max_wait_ms: Annotated[float | None, typer.Option(min=0.0)] = None,
+    max_wait_ms: Annotated[
+        float | None,
+        setting_option(
+            "max_wait_ms", "Longest wait for a batch to fill before it runs (ms).", min=0.0
+        ),
+    ] = None,
     port: Annotated[
         int | None,
-        typer.Option(
-            help="Serve /healthz, /readyz and /metrics on this port [env VIDSERVE_WORKER_PORT, "
-            "off]."
+        setting_option(
+            "worker_port", "Serve /healthz, /readyz and /metrics on this port.", default="off"
         ),
     ] = None,
 ) -> None:
@@ -212,12 +257,27 @@ def worker(
 @app.command()
 def segment(
     video: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A video file.")],
-    out: Annotated[Path | None, typer.Option(help="Results in the service's JSON schema.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name [the default model].")] = None,
-    store: Annotated[Path | None, typer.Option(help="Checkpoint store [shipped].")] = None,
-    score_threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
-    frame_stride: Annotated[int, typer.Option(min=1)] = 1,
-    max_frames: Annotated[int | None, typer.Option(min=1)] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the results in the service's JSON schema here.")
+    ] = None,
+    model: Annotated[str | None, setting_option("default_model", "Model name.")] = None,
+    store: StoreSetting = None,
+    score_threshold: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Keep objects scoring at least this (not for VOS models).",
+            show_default="the model's own: 0.5 for the VIS models",
+        ),
+    ] = None,
+    frame_stride: Annotated[
+        int, typer.Option(min=1, help="Segment every n-th frame of the video.")
+    ] = 1,
+    max_frames: Annotated[
+        int | None,
+        typer.Option(min=1, help="Stop after this many frames.", show_default="all"),
+    ] = None,
     ytvis_out: Annotated[
         Path | None, typer.Option(help="Also write YouTube-VIS results JSON (one entry per track).")
     ] = None,
@@ -225,7 +285,7 @@ def segment(
         Path | None,
         typer.Option(help="Also write a browser-playable mp4 with masks, ids and labels."),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda:N.")] = None,
+    device: DeviceSetting = None,
     prompt: Annotated[
         Path | None,
         typer.Option(
@@ -243,7 +303,7 @@ def segment(
         ),
     ] = None,
     prompt_frame: Annotated[
-        int | None, typer.Option(min=0, help="The frame the prompt marks [0].")
+        int | None, typer.Option(min=0, help="The frame the prompt marks.", show_default="0")
     ] = None,
     davis_out: Annotated[
         Path | None,
@@ -336,8 +396,8 @@ ValOption = Annotated[
     Path | None,
     typer.Option(
         exists=True,
-        help="Held-out dataset of the same format, every frame annotated "
-        "[the last --val-videos videos of --data].",
+        help="Held-out dataset of the same format, every frame annotated.",
+        show_default="the last --val-videos videos of --data",
     ),
 ]
 
@@ -454,7 +514,9 @@ def retune_vos_command(
     ],
     mem_every: Annotated[int, typer.Option(min=1, help="Memorise every n-th frame.")],
     name: Annotated[str, typer.Option(help="Model name in the store.")] = "stcn",
-    version: Annotated[str | None, typer.Option(help="Version to start from [newest].")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Version to start from.", show_default="the newest")
+    ] = None,
     val_split: ValSplitOption = "val",
     redis_url: RedisOption = None,
 ) -> None:
@@ -468,6 +530,209 @@ def retune_vos_command(
 
 
 app.command("eval")(eval_command)
+
+
+checkpoints_app = typer.Typer(
+    help="Import published weights into a checkpoint store; list and verify a store's entries.",
+    no_args_is_help=True,
+)
+app.add_typer(checkpoints_app, name="checkpoints")
+
+
+@checkpoints_app.command("import")
+def import_checkpoint_command(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="A published checkpoint: .safetensors, or a PyTorch .pth / .pt file.",
+        ),
+    ],
+    store: Annotated[
+        Path,
+        typer.Option(
+            help="Checkpoint store to write into (created if missing).",
+            envvar=f"{ENV_PREFIX}CHECKPOINT_STORE",
+            show_envvar=True,
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Model name in the store: the name it is served as.",
+            show_default="by format: maskrcnn-coco (torchvision COCO), stcn (STCN), "
+            "masktrack (MMTracking)",
+        ),
+    ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(help="Version of the entry.", show_default="the UTC time, 20261202T153000Z"),
+    ] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="Also load a file that needs pickled Python objects besides tensors "
+            "(torch.load weights_only=False). Unpickling runs whatever code the file names: "
+            "only for a file from a source you trust.",
+        ),
+    ] = False,
+) -> None:
+    """Recognise a published checkpoint by its keys (torchvision's COCO Mask R-CNN, the official
+    STCN file, MMTracking's MaskTrack R-CNN for YouTube-VIS 2019), convert it and write it to the
+    store as a verified entry that `vidserve serve --store` serves."""
+    from models.checkpoints.errors import CheckpointError
+    from models.checkpoints.importing import import_checkpoint
+
+    with _ByteProgress(f"reading {file.name}") as (on_bytes, on_phase):
+        try:
+            result = import_checkpoint(
+                file,
+                store,
+                name=name,
+                version=version,
+                allow_pickle=allow_pickle,
+                on_phase=on_phase,
+                on_bytes=on_bytes,
+            )
+        except (CheckpointError, FileExistsError, ValueError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+    typer.echo(_import_summary(result, store))
+
+
+def _import_summary(result, store: Path) -> str:
+    manifest = result.manifest
+    classes = manifest.class_names
+    shown = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
+    counted = f"{len(classes)} {'class' if len(classes) == 1 else 'classes'}"
+    return (
+        f"imported {result.format.key}: {counted} ({shown}), "
+        f"{result.parameters:,} parameters -> {result.path}, "
+        f"weights sha256 {manifest.weights_sha256} (source file sha256 {result.source_sha256})\n"
+        f"serve it: vidserve serve --store {store} --default-model {result.name}"
+    )
+
+
+class _ByteProgress:
+    """A progress bar of bytes read (on stderr) and a line per phase, as two callbacks."""
+
+    def __init__(self, description: str):
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+        self.description = description
+        columns = ("{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn())
+        self.progress = Progress(*columns, console=Console(stderr=True), transient=True)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        task = self.progress.add_task(self.description, total=None)
+
+        def on_bytes(done: int, total: int) -> None:
+            self.progress.update(task, completed=done, total=total)
+
+        def on_phase(text: str) -> None:
+            self.progress.console.print(text)
+            self.progress.update(task, description=text.split(";")[0])
+
+        return on_bytes, on_phase
+
+    def __exit__(self, *exc_info):
+        return self.progress.__exit__(*exc_info)
+
+
+@checkpoints_app.command("list")
+def list_checkpoints_command(store: StoreSetting = None) -> None:
+    """Every entry of the store: family/name/version, classes, size, when it was made and from
+    what. The newest version of a name is the one served (marked *)."""
+    from models.checkpoints.errors import CheckpointError
+    from models.checkpoints.store import CheckpointStore
+
+    found = CheckpointStore(_settings(checkpoint_store=store).checkpoint_store)
+    entries = _store_entries(found)
+    if not entries:
+        typer.echo(f"no checkpoints in {found.root}")
+    for family, name, version, newest in entries:
+        label = f"{'*' if newest else ' '} {family}/{name}/{version}"
+        try:
+            typer.echo(f"{label}  {_describe_entry(found.path(family, name, version))}")
+        except (CheckpointError, ValueError) as e:
+            typer.echo(f"{label}  unreadable: {getattr(e, 'problem', e)}")
+
+
+def _store_entries(store) -> list[tuple[str, str, str, bool]]:
+    """(family, name, version, is the newest) of every complete entry, oldest first a name."""
+    entries = []
+    for family in store.families():
+        for name in store.names(family):
+            versions = store.versions(family, name)
+            entries += [(family, name, v, v == versions[-1]) for v in versions]
+    return entries
+
+
+def _describe_entry(folder: Path) -> str:
+    from models.checkpoints.checkpoint import read_manifest
+
+    manifest = read_manifest(folder)
+    source = manifest.training.get("source") or manifest.training.get("imported_from")
+    origin = f"from {source}" if source else "trained here"
+    return (
+        f"{len(manifest.class_names)} classes, {manifest.weights_size / 1e6:.1f} MB, "
+        f"created {manifest.created_at}, {origin}"
+    )
+
+
+@checkpoints_app.command("verify")
+def verify_checkpoints_command(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            help="NAME (every version of it) or NAME/VERSION.", show_default="every entry"
+        ),
+    ] = None,
+    store: StoreSetting = None,
+    probe: Annotated[
+        bool,
+        typer.Option(
+            help="Also build each model and run its probe forward pass (slower), as a worker "
+            "does before it serves a checkpoint.",
+        ),
+    ] = False,
+) -> None:
+    """Check entries as a loader does: manifest, size and sha256 of the weights, every weight
+    finite, names and shapes against the manifest's architecture. Exit 1 if any fails."""
+    from models.checkpoints.checkpoint import load_checkpoint, verify_checkpoint
+    from models.checkpoints.errors import CheckpointError
+    from models.checkpoints.store import CheckpointStore
+
+    found = CheckpointStore(_settings(checkpoint_store=store).checkpoint_store)
+    name, _, version = (target or "").partition("/")
+    chosen = [
+        (family, entry_name, entry_version)
+        for family, entry_name, entry_version, _newest in _store_entries(found)
+        if (not name or entry_name == name) and (not version or entry_version == version)
+    ]
+    if not chosen:
+        what = f"entry {target}" if target else "entry"
+        typer.echo(f"error: no {what} in {found.root}", err=True)
+        raise typer.Exit(2)
+    failed = 0
+    for family, entry_name, entry_version in chosen:
+        try:
+            folder = found.path(family, entry_name, entry_version)
+            manifest = load_checkpoint(folder).manifest if probe else verify_checkpoint(folder)
+        except (CheckpointError, ValueError) as e:
+            failed += 1
+            typer.echo(f"FAILED {family}/{entry_name}/{entry_version}: {e}")
+            continue
+        typer.echo(
+            f"ok     {family}/{entry_name}/{entry_version}  sha256 {manifest.weights_sha256}"
+        )
+    if failed:
+        typer.echo(f"{failed} of {len(chosen)} entries failed", err=True)
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -43,6 +43,13 @@ class VisConfig(ManifestConfig):
     rpn_nms_thresh: float = 0.7
     rpn_batch_size_per_image: int = 64
 
+    # RoIAlign of the box, mask and track heads. False / 2: torchvision's (its COCO weights were
+    # trained with it; our checkpoints too). True / 0: MMDetection's, the reference's: box
+    # corners shifted half a pixel so that a feature sits at its pixel's centre, and an adaptive
+    # number of samples a bin (ceil(RoI size / output size)).
+    roi_align_aligned: bool = False
+    roi_sampling_ratio: int = 2
+
     box_head_dim: int = 1024
     # 0: torchvision's box head (two fc layers, as the reference). n > 0: n 3x3 convs of
     # fpn_channels with group norm before one fc layer (the "4conv1fc" head of Faster R-CNN v2).
@@ -83,6 +90,7 @@ class VisConfig(ManifestConfig):
         )
         require(self.track_cosine_scale >= 0.0, "track_cosine_scale must be >= 0")
         require(self.box_head_convs >= 0, "box_head_convs must be >= 0")
+        require(self.roi_sampling_ratio >= 0, "roi_sampling_ratio must be >= 0 (0: adaptive)")
 
     @classmethod
     def small(cls, num_classes: int = 40, **overrides: Any) -> VisConfig:

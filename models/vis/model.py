@@ -32,10 +32,11 @@ from models.common.image import Frame, prepare_batch
 from models.vis.config import VisConfig
 from models.vis.detections import FrameDetections, to_input_pixels
 from models.vis.targets import prepare_training_batch
-from models.vis.track_head import TrackEmbedHead
+from models.vis.track_head import TrackEmbedHead, multiscale_roi_align
 
 FAMILY = "vis"
 BOX_ROI_SIZE = 7  # torchvision's box RoIAlign output, also the track head's
+MASK_ROI_SIZE = 14  # torchvision's mask RoIAlign output
 GROUP_NORM_GROUPS = 16
 
 
@@ -57,6 +58,8 @@ class MaskTrackRCNN(nn.Module):
             positive_fraction=config.track_positive_fraction,
             iou_thresh=config.track_iou_thresh,
             cosine_scale=config.track_cosine_scale,
+            sampling_ratio=config.roi_sampling_ratio,
+            aligned=config.roi_align_aligned,
         )
 
     @property
@@ -234,6 +237,11 @@ def _select(per_image: list[Tensor], keep: list[Tensor]) -> list[Tensor]:
     return [values[mask] for values, mask in zip(per_image, keep, strict=True)]
 
 
+def _roi_pool(config: VisConfig, output_size: int) -> nn.Module:
+    # With the default config, the RoIAlign torchvision's MaskRCNN makes itself.
+    return multiscale_roi_align(output_size, config.roi_sampling_ratio, config.roi_align_aligned)
+
+
 def _box_head(config: VisConfig, channels: int) -> nn.Module:
     if config.box_head_convs == 0:
         return TwoMLPHead(channels * BOX_ROI_SIZE**2, config.box_head_dim)
@@ -284,12 +292,14 @@ def _torchvision_mask_rcnn(config: VisConfig) -> MaskRCNN:
         rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
         rpn_nms_thresh=config.rpn_nms_thresh,
         rpn_batch_size_per_image=config.rpn_batch_size_per_image,
+        box_roi_pool=_roi_pool(config, BOX_ROI_SIZE),
         box_head=_box_head(config, channels),
         box_predictor=FastRCNNPredictor(config.box_head_dim, classes_with_background),
         box_score_thresh=config.box_score_thresh,
         box_nms_thresh=config.box_nms_thresh,
         box_detections_per_img=config.box_detections_per_img,
         box_batch_size_per_image=config.box_batch_size_per_image,
+        mask_roi_pool=_roi_pool(config, MASK_ROI_SIZE),
         mask_head=MaskRCNNHeads(channels, [config.mask_head_channels] * 4, 1),
         mask_predictor=MaskRCNNPredictor(
             config.mask_head_channels, config.mask_head_channels, classes_with_background
