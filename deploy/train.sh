@@ -3,10 +3,13 @@
 # synthetic YouTube-VIS dataset unless TRAIN_DATA already holds one, train MaskTrack R-CNN, publish
 # the checkpoint into the store the workers read and announce it on Redis, where the running
 # workers pick it up. Arguments are passed on to `vidserve train vis` (e.g. --iters 500).
+# With TRAIN_PROCESSES > 1 the training runs under torchrun, one process a GPU (NCCL; gloo on a
+# host without GPUs), each on its share of every --batch-size batch (a multiple of the count).
 #
 #   TRAIN_DATA        dataset folder [/tmp/vidserve-train/data, made with `vidserve synth`]
 #   TRAIN_VIDEOS, TRAIN_FRAMES, TRAIN_SIZE, TRAIN_SEED   the synthetic dataset [32, 24, 320x240, 100]
 #   TRAIN_WORK_DIR    resumable training state [/tmp/vidserve-train/run]
+#   TRAIN_PROCESSES   training processes on this host, one a GPU [1: plain, no torchrun]
 #   VIDSERVE_CHECKPOINT_STORE   where to publish (required)
 #   VIDSERVE_REDIS_URL          where to announce (optional: workers also poll the store)
 set -eu
@@ -26,4 +29,12 @@ fi
 if [ -n "${VIDSERVE_REDIS_URL:-}" ]; then
     set -- --redis-url "$VIDSERVE_REDIS_URL" "$@"
 fi
-exec vidserve train vis --data "$data" --out "$store" --work-dir "$work_dir" "$@"
+set -- --data "$data" --out "$store" --work-dir "$work_dir" "$@"
+
+processes="${TRAIN_PROCESSES:-1}"
+if [ "$processes" -gt 1 ]; then
+    # --standalone: one host, a rendezvous of its own on a free port.
+    exec torchrun --standalone --nproc-per-node "$processes" --no-python \
+        vidserve train vis "$@"
+fi
+exec vidserve train vis "$@"

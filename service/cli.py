@@ -403,8 +403,9 @@ ValOption = Annotated[
 
 
 def _train_and_publish(publish) -> None:
-    """Run `publish` (build a config, train or retune, publish; returns the checkpoint folder);
-    a dataset or option problem is one line on stderr, exit 2."""
+    """Run `publish` (build a config, train or retune, publish; returns the checkpoint folder,
+    None on the ranks other than 0 under torchrun, which publish nothing); a dataset or option
+    problem is one line on stderr, exit 2."""
     from models.data.errors import DatasetError
 
     try:
@@ -412,7 +413,8 @@ def _train_and_publish(publish) -> None:
     except (DatasetError, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"published {folder}")
+    if folder is not None:
+        typer.echo(f"published {folder}")
 
 
 def _run_config(config_type, options: dict):
@@ -440,7 +442,10 @@ def train_vis_command(
     val_split: ValSplitOption = "val",
     val_videos: ValVideosOption = 4,
     iters: ItersOption = 3000,
-    batch_size: Annotated[int, typer.Option(min=1, help="Frame pairs per step.")] = 4,
+    batch_size: Annotated[
+        int,
+        typer.Option(min=1, help="Frame pairs per step, over all torchrun processes together."),
+    ] = 4,
     lr: LrOption = 2e-3,
     seed: SeedOption = 0,
     work_dir: WorkDirOption = Path("runs/vis"),
@@ -448,7 +453,8 @@ def train_vis_command(
     redis_url: RedisOption = None,
 ) -> None:
     """Train MaskTrack R-CNN (small CPU configuration), evaluate YouTube-VIS AP on held-out
-    videos, publish to the store."""
+    videos, publish to the store. Under `torchrun --nproc-per-node N` it trains with DDP (NCCL
+    on GPUs, gloo on CPUs), each process on its share of every batch; rank 0 publishes."""
     options = dict(locals())
     from models.train.vis import VisTrainConfig, train_vis
 
@@ -472,7 +478,10 @@ def train_vos_command(
     val_split: ValSplitOption = "val",
     val_videos: ValVideosOption = 4,
     iters: ItersOption = 3000,
-    batch_size: Annotated[int, typer.Option(min=1, help="3-frame clips per step.")] = 4,
+    batch_size: Annotated[
+        int,
+        typer.Option(min=1, help="3-frame clips per step, over all torchrun processes together."),
+    ] = 4,
     lr: LrOption = 2e-3,
     crop: Annotated[
         str, typer.Option(help="Training crop WIDTHxHEIGHT (multiples of 16).")
@@ -494,7 +503,9 @@ def train_vos_command(
     redis_url: RedisOption = None,
 ) -> None:
     """Train STCN (small CPU configuration) on 3-frame clips, evaluate DAVIS J&F on held-out
-    videos (first-frame masks given), publish to the store."""
+    videos (first-frame masks given), publish to the store. Under `torchrun --nproc-per-node N`
+    it trains with DDP (NCCL on GPUs, gloo on CPUs), each process on its share of every batch;
+    rank 0 publishes."""
     options = dict(locals())
     from models.train.vos import VosTrainConfig, train_vos
 

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from models.train.distributed import current_ranks, mean_over_ranks, training_step
+
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[object], dict[str, torch.Tensor]]
@@ -33,6 +35,7 @@ class LoopConfig:
     grad_clip: float = 10.0
     save_every: int = 200
     state_path: Path | None = None  # where the resumable state goes; None: not saved
+    loss_log: Path | None = None  # "step<TAB>loss" a line, full precision; None: not written
     show_progress: bool = True
     log_every: int = 50  # also log loss and speed (for logs that are not a terminal)
 
@@ -104,6 +107,7 @@ def prepare_run(
         lr=run.lr,
         warmup_steps=min(200, run.iters // 10 + 1),
         state_path=Path(run.work_dir) / "train_state.pt",
+        loss_log=Path(run.work_dir) / "losses.tsv",
         show_progress=run.show_progress,
     )
     optimizer = make_optimizer(model, cfg)
@@ -204,8 +208,15 @@ def run_loop(
 
     Step s runs at initial_lr x cosine_with_warmup(s): each group's `initial_lr` (set here from
     its rate when absent, as torch's schedulers do) is the base, saved with the optimiser, so a
-    resumed run follows the same rates as one that never stopped."""
+    resumed run follows the same rates as one that never stopped.
+
+    Under torchrun (models.train.distributed) each rank computes the loss of its shard through
+    DDP, which averages the gradients; the loss shown, logged and returned is the global batch's
+    (the mean over ranks), and only rank 0 shows progress and writes the state and loss log."""
     base_lrs = [g.setdefault("initial_lr", g["lr"]) for g in optimizer.param_groups]
+    main = current_ranks().is_main
+    compute_losses = training_step(model, loss_fn)
+    loss_log = _open_loss_log(cfg.loss_log, start_step) if main else None
     model.train()
     result = LoopResult(steps_done=start_step, seconds=0.0)
     started = time.monotonic()
@@ -216,7 +227,7 @@ def run_loop(
         TextColumn("loss {task.fields[loss]:.3f}  {task.fields[rate]:.2f} it/s"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not cfg.show_progress) as progress:
+    with Progress(*columns, disable=not (cfg.show_progress and main)) as progress:
         task = progress.add_task(
             description, total=cfg.steps, completed=start_step, loss=float("nan"), rate=0.0
         )
@@ -224,15 +235,20 @@ def run_loop(
             factor = cosine_with_warmup(step, cfg.steps, cfg.warmup_steps)
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * factor
-            losses = loss_fn(next(batches))
+            losses = compute_losses(next(batches))
             total = sum(losses.values())
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"step {step}: loss is {total.item()} ({_fmt(losses)})")
+            # Every rank checks the same global value, so all stop together.
+            global_total = float(mean_over_ranks(total.detach()))
+            if not math.isfinite(global_total):
+                raise FloatingPointError(f"step {step}: loss is {global_total} ({_fmt(losses)})")
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            result.loss_history.append(float(total.detach()))
+            result.loss_history.append(global_total)
+            if loss_log:
+                loss_log.write(f"{step}\t{global_total!r}\n")
+                loss_log.flush()
             result.steps_done = step + 1
             elapsed = time.monotonic() - started
             progress.update(
@@ -241,7 +257,7 @@ def run_loop(
                 loss=result.loss_history[-1],
                 rate=(step + 1 - start_step) / max(elapsed, 1e-9),
             )
-            if cfg.log_every and (step + 1) % cfg.log_every == 0:
+            if main and cfg.log_every and (step + 1) % cfg.log_every == 0:
                 log.info(
                     "%s step %d/%d loss %.4f (%s) %.2f it/s",
                     description,
@@ -251,20 +267,58 @@ def run_loop(
                     _fmt(losses),
                     (step + 1 - start_step) / max(elapsed, 1e-9),
                 )
-            if cfg.state_path and (step + 1) % cfg.save_every == 0:
+            if main and cfg.state_path and (step + 1) % cfg.save_every == 0:
                 save_state(cfg.state_path, model, optimizer, step + 1)
     result.seconds = time.monotonic() - started
-    if cfg.state_path:
+    if loss_log:
+        loss_log.close()
+    if main and cfg.state_path:
         save_state(cfg.state_path, model, optimizer, result.steps_done)
     for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
         group["lr"] = base
     return result
 
 
-def forever(loader) -> Iterator:
-    """Cycle through a DataLoader epoch after epoch (a new shuffle each time)."""
-    while True:
-        yield from loader
+def _open_loss_log(path: Path | None, start_step: int):
+    """The loss log opened for appending, its lines of steps from `start_step` on dropped (a
+    resumed run writes them again); None for no log."""
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kept = []
+    if start_step and path.is_file():
+        kept = [
+            line for line in path.read_text().splitlines() if int(line.split("\t")[0]) < start_step
+        ]
+    path.write_text("".join(f"{line}\n" for line in kept))
+    return path.open("a")
+
+
+def batch_stream(
+    dataset,
+    collate: Callable[[list], object],
+    run: TrainRun,
+    start_step: int,
+    *,
+    rng_owner=None,
+    loader_workers: int = 0,
+) -> Iterator:
+    """This process's batches from `start_step` on, as `Drawn` (the collated batch and each
+    sample's draw number): its shard of the run's global batches (the whole batch in one
+    process), each sample's augmentation seeded by its draw (models.train.distributed).
+    `rng_owner` is the object whose `rng` the samples draw from (default: the dataset)."""
+    from torch.utils.data import DataLoader
+
+    from models.train.distributed import GlobalBatches, SeededDraws, collate_draws
+
+    batches = GlobalBatches(len(dataset), run.batch_size, run.seed, current_ranks(), start_step)
+    loader = DataLoader(
+        SeededDraws(dataset, run.seed, rng_owner),
+        batch_sampler=batches,
+        collate_fn=collate_draws(collate),
+        num_workers=loader_workers,
+    )
+    return iter(loader)
 
 
 def _fmt(losses: dict[str, torch.Tensor]) -> str:

@@ -10,17 +10,21 @@ import json
 import logging
 import tempfile
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
+from torchvision.models.detection.image_list import ImageList
 
 from models.data.synthetic.export import stored_fingerprint
 from models.data.ytvis import YtvisDataset, load_ytvis
+from models.train.distributed import Drawn, on_main_rank, prepare_model, process_group, sample_seed
 from models.train.loop import (
+    LoopResult,
     TrainRun,
-    forever,
+    batch_stream,
     prepare_run,
     publish_run,
     run_loop,
@@ -30,6 +34,7 @@ from models.train.loop import (
 from models.train.vis_data import VisPairDataset, collate_pairs, read_rgb
 from models.vis.config import VisConfig
 from models.vis.model import MaskTrackRCNN, build_masktrack_rcnn
+from models.vis.targets import prepare_training_batch
 from models.vis.video_inference import segment_video, ytvis_results
 
 log = logging.getLogger(__name__)
@@ -65,8 +70,14 @@ def dataset_fingerprint(root: Path, ann_file: Path) -> str:
     return stored_fingerprint(root) or hashlib.sha256(ann_file.read_bytes()).hexdigest()
 
 
-def train_vis(cfg: VisTrainConfig) -> Path:
-    """Train, evaluate and publish; returns the published checkpoint folder."""
+def train_vis(cfg: VisTrainConfig) -> Path | None:
+    """Train, evaluate and publish; returns the published checkpoint folder (None on the ranks
+    other than 0 under torchrun: rank 0 validates and publishes)."""
+    with process_group():
+        return _train_vis(cfg)
+
+
+def _train_vis(cfg: VisTrainConfig) -> Path | None:
     seed_everything(cfg.seed)
     ann, images = locate_ytvis(cfg.data, cfg.split)
     data = load_ytvis(ann, images, check_files=True)
@@ -74,22 +85,21 @@ def train_vis(cfg: VisTrainConfig) -> Path:
     class_names = [data.categories[c] for c in category_ids]
     train_ids, val_set = _split(cfg, data)
     model_config = VisConfig.small(num_classes=len(class_names), **cfg.model_overrides)
-    model = build_masktrack_rcnn(model_config)
+    # The trunk's batch norms train: under DDP their statistics are the global batch's.
+    model = prepare_model(build_masktrack_rcnn(model_config), synced_batchnorm=True)
     label_of = {c: k + 1 for k, c in enumerate(category_ids)}
     pairs = VisPairDataset(data, label_of=label_of, seed=cfg.seed)
     keys = [k for k, (video_id, _) in enumerate(pairs.keys) if video_id in train_ids]
-    loader = DataLoader(
-        Subset(pairs, keys),
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        collate_fn=collate_pairs,
-        drop_last=len(keys) >= cfg.batch_size,
-        generator=torch.Generator().manual_seed(cfg.seed),
-        # One loader process decodes JPEGs while the model trains.
-        num_workers=cfg.loader_workers,
-        persistent_workers=cfg.loader_workers > 0,
-    )
     loop_cfg, optimizer, start = prepare_run(model, cfg)
+    # loader_workers processes decode JPEGs while the model trains.
+    batches = batch_stream(
+        Subset(pairs, keys),
+        collate_pairs,
+        cfg,
+        start,
+        rng_owner=pairs,
+        loader_workers=cfg.loader_workers,
+    )
     log.info(
         "training %s on %d key frames of %d videos, %d steps",
         cfg.name,
@@ -97,9 +107,25 @@ def train_vis(cfg: VisTrainConfig) -> Path:
         len(train_ids),
         cfg.iters,
     )
-    result = run_loop(
-        model, optimizer, forever(loader), _loss_fn(model), loop_cfg, start, description="train vis"
+    loss_fn = PairLosses(model, cfg.seed)
+    result = run_loop(model, optimizer, batches, loss_fn, loop_cfg, start, description="train vis")
+    return on_main_rank(
+        lambda: _validate_and_publish(
+            cfg, model, ann, class_names, val_set, result, start, len(train_ids)
+        )
     )
+
+
+def _validate_and_publish(
+    cfg: VisTrainConfig,
+    model: MaskTrackRCNN,
+    ann: Path,
+    class_names: list[str],
+    val_set: tuple,
+    result: LoopResult,
+    start: int,
+    train_videos: int,
+) -> Path:
     model.eval()
     eval_started = time.monotonic()
     metrics = evaluate_vis_model(model, *val_set, class_names) if val_set[1] else {}
@@ -122,7 +148,7 @@ def train_vis(cfg: VisTrainConfig) -> Path:
             cfg,
             validation_seconds=round(eval_seconds, 1),
             validation_videos=len(val_set[1]),
-            train_videos=len(train_ids),
+            train_videos=train_videos,
         ),
     )
 
@@ -139,12 +165,57 @@ def _split(cfg: VisTrainConfig, data: YtvisDataset) -> tuple[set[int], tuple]:
     return set(train_ids), (data, held)
 
 
-def _loss_fn(model: MaskTrackRCNN):
-    def losses(batch):
-        key_images, key_targets, ref_images, ref_targets = batch
-        return model.training_losses(key_images, key_targets, ref_images, ref_targets)
+class PairLosses:
+    """The loss of a batch: the mean over its (key, reference) pairs of each pair's own Mask
+    R-CNN + track losses, as the reference trains (one image a GPU, the losses normalised per
+    GPU, the gradients averaged), so that a batch's loss is the same whether one process
+    computes it or several split it (torchrun): batch-wide normalisers (the mask loss over all
+    positive RoIs of the batch) and one random stream through all pairs could not be split.
 
-    return losses
+    The backbone runs once over all key and reference frames (batch-norm statistics of the
+    batch, synced across ranks under DDP); the heads run pair by pair, each pair's anchor and
+    RoI sampling drawing from a generator seeded by the pair's draw number. These are the steps
+    of MaskTrackRCNN.training_losses, pair by pair after the backbone."""
+
+    def __init__(self, model: MaskTrackRCNN, seed: int):
+        self.model = model
+        self.seed = seed
+
+    def __call__(self, drawn: Drawn) -> dict[str, torch.Tensor]:
+        key_images, key_targets, ref_images, ref_targets = drawn.batch
+        model, count = self.model, len(key_images)
+        batch, targets = prepare_training_batch(
+            list(key_images) + list(ref_images),
+            list(key_targets) + list(ref_targets),
+            model.config,
+            model.device,
+        )
+        features = model.backbone(batch.tensor)
+        devices = [model.device] if model.device.type == "cuda" else []
+        per_pair = []
+        for k, draw in enumerate(drawn.draws):
+            key, ref = slice(k, k + 1), slice(count + k, count + k + 1)
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(sample_seed(self.seed, draw))
+                per_pair.append(_heads_losses(model, batch, features, targets, key, ref))
+        return {name: torch.stack([p[name] for p in per_pair]).mean() for name in per_pair[0]}
+
+
+def _heads_losses(model: MaskTrackRCNN, batch, features, targets, key: slice, ref: slice):
+    """RPN, box, mask and track losses of one key frame (and its reference frame) of a batch
+    whose backbone features are computed."""
+    key_features = OrderedDict((name, level[key]) for name, level in features.items())
+    ref_features = OrderedDict((name, level[ref]) for name, level in features.items())
+    key_sizes, ref_sizes = batch.image_sizes[key], batch.image_sizes[ref]
+    key_targets, ref_targets = targets[key], targets[ref]
+    proposals, rpn_losses = model.rpn(
+        ImageList(batch.tensor[key], key_sizes), key_features, key_targets
+    )
+    _, detector_losses = model.roi_heads(key_features, proposals, key_sizes, key_targets)
+    track_loss = model.track_head.loss(
+        key_features, proposals, key_targets, key_sizes, ref_features, ref_targets, ref_sizes
+    )
+    return {**rpn_losses, **detector_losses, "loss_track": track_loss}
 
 
 def evaluate_vis_model(

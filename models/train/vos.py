@@ -9,6 +9,7 @@ it to running workers.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -17,17 +18,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from models.checkpoints.store import CheckpointStore
 from models.data.davis import DavisDataset, DavisVideo, load_davis
 from models.data.synthetic.export import stored_fingerprint
 from models.eval.davis import evaluate_davis
+from models.train.distributed import (
+    Drawn,
+    current_ranks,
+    on_main_rank,
+    prepare_model,
+    process_group,
+)
 from models.train.loop import (
+    LoopResult,
     TrainRun,
+    batch_stream,
     command_line,
-    forever,
     prepare_run,
     publish_run,
     run_loop,
@@ -71,12 +80,34 @@ class Bootstrap:
 
 
 def bootstrapped_ce(logits: torch.Tensor, labels: torch.Tensor, share: float) -> torch.Tensor:
-    """Mean cross-entropy of the `share` of pixels with the highest loss (all when 1.0)."""
+    """Mean cross-entropy of the `share` of pixels with the highest loss (all when 1.0).
+
+    Under torchrun the pixels are those of the global batch: the mean over ranks of what each
+    rank returns (and so DDP's averaged gradient) is that of the hardest pixels of all ranks'
+    shards together, as one process computes it. Pixels tied at the cut share its remainder."""
     if share >= 1.0:
-        return F.cross_entropy(logits, labels)
+        return F.cross_entropy(logits, labels)  # shards are equal: the mean of means
     losses = F.cross_entropy(logits, labels, reduction="none").flatten()
-    hardest, _ = torch.topk(losses, max(1, int(losses.numel() * share)), sorted=False)
-    return hardest.mean()
+    world = current_ranks().world
+    count = max(1, int(losses.numel() * world * share))
+    cut = _kth_largest(losses.detach(), count, world)
+    above, tied = losses > cut, losses == cut
+    counts = torch.stack([above.sum(), tied.sum()]).to(losses.dtype)
+    if world > 1:
+        dist.all_reduce(counts)
+    tied_weight = (count - counts[0]) / counts[1].clamp(min=1)
+    hardest_sum = losses[above].sum() + tied_weight * losses[tied].sum()
+    return hardest_sum * world / count
+
+
+def _kth_largest(losses: torch.Tensor, k: int, world: int) -> torch.Tensor:
+    """The k-th largest of the losses of every rank (each rank's own k largest hold them all)."""
+    local, _ = torch.topk(losses, min(k, losses.numel()), sorted=False)
+    if world > 1:
+        gathered = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(gathered, local)
+        local = torch.cat(gathered)
+    return torch.topk(local, k, sorted=False).values.min()
 
 
 def locate_davis(root: Path, split: str) -> Path:
@@ -103,8 +134,14 @@ def davis_fingerprint(root: Path, dataset: DavisDataset) -> str:
     return digest.hexdigest()
 
 
-def train_vos(cfg: VosTrainConfig) -> Path:
-    """Train, evaluate and publish; returns the published checkpoint folder."""
+def train_vos(cfg: VosTrainConfig) -> Path | None:
+    """Train, evaluate and publish; returns the published checkpoint folder (None on the ranks
+    other than 0 under torchrun: rank 0 validates and publishes)."""
+    with process_group():
+        return _train_vos(cfg)
+
+
+def _train_vos(cfg: VosTrainConfig) -> Path | None:
     seed_everything(cfg.seed)
     davis_root = locate_davis(cfg.data, cfg.split)
     data = load_davis(davis_root, cfg.split)
@@ -112,17 +149,13 @@ def train_vos(cfg: VosTrainConfig) -> Path:
     model_config = VosConfig.small(**{"mem_every": cfg.mem_every, **cfg.model_overrides})
     # Channels-last: on a CPU the convolutions and pooling of a training step run about a fifth
     # faster; checkpoints store contiguous copies.
-    model = STCN(model_config).to(memory_format=torch.channels_last)
-    clips = VosClipDataset(train_videos, _clip_settings(cfg, model_config), cfg.seed)
-    loader = DataLoader(
-        clips,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        collate_fn=collate_clips,
-        drop_last=len(clips) >= cfg.batch_size,
-        generator=torch.Generator().manual_seed(cfg.seed),
+    # The encoders' batch norms train: under DDP their statistics are the global batch's.
+    model = prepare_model(
+        STCN(model_config).to(memory_format=torch.channels_last), synced_batchnorm=True
     )
+    clips = VosClipDataset(train_videos, _clip_settings(cfg, model_config), cfg.seed)
     loop_cfg, optimizer, start = prepare_run(model, cfg)
+    batches = batch_stream(clips, collate_clips, cfg, start)
     log.info(
         "training %s on %d videos (%d held out), %d steps, %d torch threads",
         cfg.name,
@@ -132,9 +165,24 @@ def train_vos(cfg: VosTrainConfig) -> Path:
         torch.get_num_threads(),
     )
     loss_fn = ClipLoss(model, cfg.iters, start)
-    result = run_loop(
-        model, optimizer, forever(loader), loss_fn, loop_cfg, start, description="train vos"
+    result = run_loop(model, optimizer, batches, loss_fn, loop_cfg, start, description="train vos")
+    return on_main_rank(
+        lambda: _validate_and_publish(
+            cfg, model, model_config, data, val_videos, result, start, len(clips)
+        )
     )
+
+
+def _validate_and_publish(
+    cfg: VosTrainConfig,
+    model: STCN,
+    model_config: VosConfig,
+    data: DavisDataset,
+    val_videos: list[DavisVideo],
+    result: LoopResult,
+    start: int,
+    train_videos: int,
+) -> Path:
     started = time.monotonic()
     metrics = evaluate_vos_model(prepare_for_inference(model), val_videos) if val_videos else {}
     log.info("validation on %d videos: %s", len(val_videos), metrics)
@@ -157,7 +205,7 @@ def train_vos(cfg: VosTrainConfig) -> Path:
             max_gap=cfg.max_gap,
             mem_every=model_config.mem_every,
             validation_seconds=round(time.monotonic() - started, 1),
-            train_videos=len(clips),
+            train_videos=train_videos,
         ),
     )
 
@@ -215,7 +263,9 @@ class ClipLoss:
         self.step = start_step
         self.bootstrap = bootstrap or Bootstrap()
 
-    def __call__(self, clip: Clip) -> dict[str, torch.Tensor]:
+    def __call__(self, drawn: Drawn | Clip) -> dict[str, torch.Tensor]:
+        clip = drawn.batch if isinstance(drawn, Drawn) else drawn
+        clip = self._on_model_device(clip)
         share = self.bootstrap.share(self.step, self.total_steps)
         self.step += 1
         logits, _ = self.model(clip.frames, clip.first_masks, clip.selector)
@@ -224,6 +274,13 @@ class ClipLoss:
             f"ce_frame{t + 1}": bootstrapped_ce(logits[:, t], clip.labels[:, t + 1], share)
             for t in range(frames_after_first)
         }
+
+    def _on_model_device(self, clip: Clip) -> Clip:
+        device = next(self.model.parameters()).device
+        if clip.frames.device == device:
+            return clip
+        fields = (getattr(clip, field.name) for field in dataclasses.fields(clip))
+        return Clip(*(tensor.to(device, non_blocking=True) for tensor in fields))
 
 
 def evaluate_vos_model(model: STCN, videos: list[DavisVideo]) -> dict[str, float]:
