@@ -26,6 +26,8 @@ def worker_config(settings: Settings) -> WorkerConfig:
         max_wait_ms=settings.max_wait_ms,
         max_sessions=settings.max_sessions,
         session_idle_s=settings.session_idle_s,
+        device=resolve_device(settings.device),
+        precision=settings.precision,
     )
 
 

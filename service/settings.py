@@ -3,6 +3,7 @@ Command-line options override them."""
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +80,11 @@ class Settings(BaseSettings):
     # Worker batching and sessions.
     max_batch_size: int = Field(8, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32",
+        description="the worker's forward passes: fp32, or autocast to fp16 (CUDA only: a CPU "
+        "worker falls back to fp32 with a warning) or bf16 (CUDA or CPU)",
+    )
     max_sessions: int = Field(256, ge=1)
     session_idle_s: float = Field(60.0, gt=0)
     drain_grace_s: float = Field(

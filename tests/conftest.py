@@ -81,3 +81,8 @@ def server(tmp_path_factory):
         srv = Server(env=SHARED_SERVER_ENV, log=log)
         yield srv
         srv.stop()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
+    config.addinivalue_line("markers", "gpu_smoke: benchmarks/gpu_suite.py --smoke on the CPU")

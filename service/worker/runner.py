@@ -27,6 +27,8 @@ The kinds of work a runner declares with its `ModelInfo`:
 - pipelines (service.worker.pipeline): a chain of stages behind one name.
 """
 
+import contextlib
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -34,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from service.schemas import DetectedObject, Segment, TrackActions
+
+log = logging.getLogger(__name__)
 
 
 class OptionError(ValueError):
@@ -100,6 +104,9 @@ class BatchedForward(ABC):
     """The batched, state-reading, retryable pass; shared by the runners that share weights."""
 
     name: str = "forward"
+    # True: `run` takes each item's image as a uint8 (H, W, 3) tensor on the worker's device
+    # (ForwardContext puts it there, through pinned memory on CUDA); False: the numpy array.
+    device_frames: bool = False
 
     @abstractmethod
     def run(self, items: list[WorkItem]) -> list[Any]:
@@ -137,18 +144,90 @@ class ModelRunner(ABC):
         """Free what the session holds (most state is freed with the object itself)."""
 
 
-def run_frames(runner: ModelRunner, items: list[WorkItem]) -> list[list[Output] | Exception]:
+# The autocast dtype of each precision (VIDSERVE_PRECISION); fp32 runs without autocast.
+PRECISIONS = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class ForwardContext:
+    """How the worker runs every batched pass (and step) on its device: in the precision's autocast,
+    with frames moved to the device first for forwards that take them there (`device_frames`).
+    On CUDA a frame goes through pinned host memory with a non-blocking copy, so the copies of a
+    batch's frames overlap the kernels already queued; elsewhere it stays where it is."""
+
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+
+    @property
+    def device_type(self) -> str:
+        import torch
+
+        return torch.device(self.device).type
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        import torch
+
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=getattr(torch, dtype))
+
+    def frames_for(self, forward: BatchedForward, items: list[WorkItem]) -> list[WorkItem]:
+        if not forward.device_frames:
+            return items
+        return [replace(item, image=self.to_device(item.image)) for item in items]
+
+    def to_device(self, image: np.ndarray):
+        import torch
+
+        frame = torch.from_numpy(np.ascontiguousarray(image))
+        if self.device_type != "cuda":
+            return frame  # a view of the array: nothing to copy
+        return frame.pin_memory().to(self.device, non_blocking=True)
+
+
+def forward_context(device: str = "cpu", precision: str = "fp32") -> ForwardContext:
+    """The context for a worker on `device`. fp16 needs CUDA (a CPU has no fast fp16 kernels):
+    elsewhere it falls back to fp32 with a warning, so that one setting serves a fleet of GPU
+    and CPU workers; bf16 runs on any device. An unknown precision is a ValueError."""
+    context = ForwardContext(device, precision)
+    if precision == "fp16" and context.device_type != "cuda":
+        log.warning("precision fp16 needs CUDA: the worker on %s runs fp32", device)
+        return ForwardContext(device, "fp32")
+    return context
+
+
+def run_forward(
+    forward: BatchedForward, views: list[WorkItem], context: ForwardContext | None = None
+) -> list[Any]:
+    """One batched pass as the worker runs it (the scheduler and run_frames both call this)."""
+    context = context or ForwardContext()
+    with context.autocast():
+        return forward.run(context.frames_for(forward, views))
+
+
+def run_frames(
+    runner: ModelRunner, items: list[WorkItem], context: ForwardContext | None = None
+) -> list[list[Output] | Exception]:
     """Forward then step, as the worker does, for callers that run a model directly (`vidserve
     segment`, benchmarks); per item its outputs or its error. A failed forward raises."""
+    context = context or ForwardContext()
     views = [item.viewing(runner.forward_view(item.state)) for item in items]
-    outputs = runner.forward.run(views)
+    outputs = run_forward(runner.forward, views, context)
     results: list[list[Output] | Exception] = []
     for item, output in zip(items, outputs, strict=True):
         if isinstance(output, Exception):
             results.append(output)
             continue
         try:
-            results.append(runner.step(item, output))
+            with context.autocast():  # a step computes too, as in the scheduler
+                results.append(runner.step(item, output))
         except Exception as error:
             results.append(error)
     return results

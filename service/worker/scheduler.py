@@ -12,7 +12,8 @@ the busiest, so idling banks no credit.
 A batch runs `forward` once; if it fails, each item's forward runs again alone (the only retry).
 Then each item's `step` runs once, in arrival order, and `on_done` gets its outputs or its error.
 A session of a runner whose forward reads its state (`one_frame_per_batch`) has at most one frame
-in a batch, so frame t+1's forward sees what frame t's step wrote.
+in a batch, so frame t+1's forward sees what frame t's step wrote. Forwards and steps run in the
+worker's `ForwardContext`: the precision's autocast (VIDSERVE_PRECISION), frames to the device.
 """
 
 import logging
@@ -24,7 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service import requestid
-from service.worker.runner import BatchedForward, ModelRunner, Output, WorkItem
+from service.worker.runner import (
+    BatchedForward,
+    ForwardContext,
+    ModelRunner,
+    Output,
+    WorkItem,
+    run_forward,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +83,7 @@ class Scheduler:
         on_done: ItemDone,
         on_batch: Callable[[str, int], None] | None = None,
         name: str = "scheduler",
+        context: ForwardContext | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -82,6 +91,7 @@ class Scheduler:
         self.max_wait = max_wait_ms / 1000.0
         self.on_done = on_done
         self.on_batch = on_batch or (lambda forward, size: None)
+        self.context = context or ForwardContext()  # every forward's precision and device
         self._queues: dict[int, ForwardQueue] = {}  # id(forward) -> its queue
         self._cond = threading.Condition()
         self._stopped = False
@@ -189,7 +199,9 @@ class Scheduler:
         result = output
         if not isinstance(output, Exception):
             try:
-                result = queued.runner.step(queued.item, output)
+                # A step computes too (STCN's readout and decoder): in the forward's precision.
+                with self.context.autocast():
+                    result = queued.runner.step(queued.item, output)
             except Exception as error:  # the frame's own error; its session is unchanged
                 if not isinstance(error, ValueError):
                     log.exception("model %s failed on a frame's step", queued.runner.info.name)
@@ -216,10 +228,9 @@ class Scheduler:
                 outputs.append(error)
         return outputs
 
-    @staticmethod
-    def _call(forward: BatchedForward, batch: list[Queued]) -> list[Any]:
+    def _call(self, forward: BatchedForward, batch: list[Queued]) -> list[Any]:
         views = [q.item.viewing(q.runner.forward_view(q.item.state)) for q in batch]
-        outputs = forward.run(views)
+        outputs = run_forward(forward, views, self.context)
         if len(outputs) != len(batch):
             raise RuntimeError(f"{forward.name} answered {len(outputs)} of {len(batch)} items")
         return outputs

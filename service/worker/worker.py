@@ -31,6 +31,7 @@ from service.worker.runner import (
     OptionError,
     Output,
     WorkItem,
+    forward_context,
 )
 from service.worker.scheduler import Scheduler
 
@@ -46,6 +47,8 @@ class WorkerConfig:
     # A model with this many frames taken and unanswered here is "busy": a transport with shared
     # work (Redis' per-model streams) leaves that model's frames to other workers meanwhile.
     max_queued_per_model: int = 16
+    device: str = "cpu"  # where the models are: the forwards' autocast and frame copies
+    precision: str = "fp32"  # fp32, fp16 (CUDA) or bf16: the forwards' autocast
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Worker:
             self.config.max_wait_ms,
             on_done=self._item_done,
             on_batch=self._observe_batch,
+            context=forward_context(self.config.device, self.config.precision),
         )
 
     # --- models -----------------------------------------------------------------------------

@@ -46,6 +46,8 @@ class DetectorForward(BatchedForward):
     `recent_batches` keeps the session ids of the last passes (to see which sessions shared
     one)."""
 
+    device_frames = True  # detect() takes frames on the device: the worker copies them there
+
     def __init__(self, model: MaskTrackRCNN, name: str):
         self.model = model.eval()
         self.name = f"{name}-detector"
