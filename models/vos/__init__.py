@@ -22,6 +22,7 @@ from models.vos.inference import (
     PreparedFrame,
     PromptBudgetError,
     PromptError,
+    Segmentation,
     SessionSettings,
     VosSession,
     encode_key_batch,
@@ -29,6 +30,7 @@ from models.vos.inference import (
     masks_from_label_map,
     prepare_for_inference,
     prepare_frame,
+    segment_batch,
 )
 from models.vos.memory import MemoryBank, MemoryBudget, MemoryBudgetError
 from models.vos.network import STCN, KeyFeatures
@@ -47,6 +49,7 @@ __all__ = [
     "PreparedFrame",
     "PromptBudgetError",
     "PromptError",
+    "Segmentation",
     "SessionSettings",
     "VosConfig",
     "VosSession",
@@ -59,5 +62,6 @@ __all__ = [
     "masks_from_label_map",
     "prepare_for_inference",
     "prepare_frame",
+    "segment_batch",
     "segment_video",
 ]
