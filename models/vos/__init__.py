@@ -22,7 +22,6 @@ from models.vos.inference import (
     PreparedFrame,
     PromptBudgetError,
     PromptError,
-    Segmentation,
     SessionSettings,
     VosSession,
     encode_key_batch,
@@ -30,7 +29,6 @@ from models.vos.inference import (
     masks_from_label_map,
     prepare_for_inference,
     prepare_frame,
-    segment_batch,
 )
 from models.vos.memory import MemoryBank, MemoryBudget, MemoryBudgetError
 from models.vos.network import STCN, KeyFeatures
@@ -49,7 +47,6 @@ __all__ = [
     "PreparedFrame",
     "PromptBudgetError",
     "PromptError",
-    "Segmentation",
     "SessionSettings",
     "VosConfig",
     "VosSession",
@@ -62,6 +59,5 @@ __all__ = [
     "masks_from_label_map",
     "prepare_for_inference",
     "prepare_frame",
-    "segment_batch",
     "segment_video",
 ]

@@ -19,29 +19,24 @@ after the latest prompt are memorised. Unlike STCN, memory is bounded (see model
 
 The split for a batching worker
 -------------------------------
-A frame's work is done in batched passes over the frames of many sessions, then committed per
-session:
-1. Key encoding, `encode_key_batch(model, prepared_frames)`: independent of the session's memory
-   (frames of different padded sizes are grouped).
-2. `segment_batch(sessions, prepared, features)`, for sessions that segment their next frame from
-   memory alone (`can_segment_from_memory()`: objects, and no prompt for that frame): the memory
-   readouts (memories of different lengths and object counts padded, the padding masked out of
-   the softmax), the decoder over every (session, object) pair, and the value encoder for the
-   frames that will be memorised. It reads the sessions and changes none.
-3. `session.commit(prepared, features, segmentation)`: memorises, updates the objects, returns
-   the results; a segmentation commits once, and only at the frame it was made for.
+A frame's work has two parts:
+1. Key encoding, `model.encode_keys(images)`: the same for any number of objects and
+   independent of the session's memory, and the heavy part of the reference (ResNet-50 at
+   480p). Frames of many sessions go through one forward pass:
+   `encode_key_batch(model, prepared_frames)` (frames of different padded sizes are grouped).
+2. The session step, `session.step(prepared, key_features)`: memory read, decoding per object,
+   value encoding of memory frames; sequential within a session. With the small model on a
+   CPU it costs about as much as 1 (a full 16-frame memory's top-k read is a third of a frame).
 
     prepared = [session.prepare(frame) for session, frame in work]   # per session, cheap
-    features = encode_key_batch(model, prepared)
-    segmentations = segment_batch(sessions, prepared, features)
-    results = [s.commit(p, f, g) for s, p, f, g in zip(sessions, prepared, features, segmentations)]
+    wanted = [i for i, (session, _) in enumerate(work) if session.needs_key_features()]
+    features = dict(zip(wanted, encode_key_batch(model, [prepared[i] for i in wanted])))
+    results = [s.step(prepared[i], features.get(i)) for i, (s, _) in enumerate(work)]
 
-`session.step(frame, key_features)` is the same computation with a batch of one; a prompted
-frame, or one of a session without objects, goes through `step` (its prompt merged over what
-memory predicts). Only sessions of the same model share a batch. A session without objects and
-without a prompt for its next frame needs no key features; a step without them runs the key
-encoder on its own frame. Sessions are not thread-safe: one caller at a time per session (the
-worker's session affinity gives that).
+Only sessions of the same model (checkpoint version) share a batch. A session without objects
+and without a prompt for its next frame needs no key features; a step without them runs the
+key encoder on its own frame. Sessions are not thread-safe: one caller at a time per session
+(the worker's session affinity gives that).
 """
 
 from __future__ import annotations
@@ -61,12 +56,10 @@ from models.vos.memory import (
     MemoryBudget,
     MemoryBudgetError,
     MemoryFrame,
-    MemoryRead,
     memory_frame_bytes,
-    read_memories,
 )
 from models.vos.network import STCN, STRIDE, KeyFeatures
-from models.vos.ops import in_groups, soft_aggregate
+from models.vos.ops import soft_aggregate
 
 MaskLike = np.ndarray | Tensor
 
@@ -167,10 +160,15 @@ def prepare_frame(
 @torch.inference_mode()
 def encode_key_batch(model: STCN, frames: Sequence[PreparedFrame]) -> list[KeyFeatures]:
     """Key features of frames from any sessions, one forward pass per padded size."""
-    return in_groups(
-        [tuple(frame.image.shape) for frame in frames],
-        lambda group: model.encode_keys(torch.cat([frames[i].image for i in group])).split(),
-    )
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for position, frame in enumerate(frames):
+        by_size.setdefault(tuple(frame.image.shape), []).append(position)
+    features: list[KeyFeatures | None] = [None] * len(frames)
+    for positions in by_size.values():
+        batch = model.encode_keys(torch.cat([frames[p].image for p in positions]))
+        for position, frame_features in zip(positions, batch.split(), strict=True):
+            features[position] = frame_features
+    return features  # type: ignore[return-value]
 
 
 def masks_from_label_map(label_map: MaskLike) -> dict[int, np.ndarray]:
@@ -185,170 +183,6 @@ def label_map(results: Mapping[int, ObjectResult], size: tuple[int, int]) -> np.
     for object_id, result in results.items():
         ids[result.mask.cpu().numpy()] = object_id
     return ids
-
-
-@dataclass
-class Segmentation:
-    """A session's next frame segmented and not yet committed: what VosSession.commit takes."""
-
-    frame_index: int
-    object_ids: list[int]  # the objects after this frame
-    probs: Tensor  # (K, Hp, Wp): soft-aggregated probabilities at the padded working size
-    values: Tensor | None  # (K, value_dim, h*w) when the frame is memorised, else None
-    prompt: dict[int, Tensor] | None = None  # the frame's prompt, used up by the commit
-
-
-@torch.inference_mode()
-def segment_batch(
-    sessions: Sequence[VosSession],
-    frames: Sequence[PreparedFrame],
-    features: Sequence[KeyFeatures],
-    sessions_per_pass: int | None = None,
-) -> list[Segmentation]:
-    """The next frame of each session from its memory, in batched passes over all of them: the
-    memory readout, the decoder over every (session, object) pair, and the value encoder for
-    the frames that will be memorised. Reads the sessions, changes none: each session commits
-    its own (VosSession.commit). Every session must be able to (can_segment_from_memory), and
-    all must share one model.
-
-    sessions_per_pass (None: all) splits the sessions into passes of at most that many: on a
-    CPU a pass over many sessions is no faster per session than one session alone (its
-    convolutions already run near the cores' peak, and the larger tensors fall out of cache).
-    """
-    for session in sessions:
-        if not session.can_segment_from_memory():
-            raise ValueError("segment_batch takes sessions with objects and no prompt due")
-    size = sessions_per_pass or max(len(sessions), 1)
-    if len(sessions) > size:
-        return [
-            segmentation
-            for start in range(0, len(sessions), size)
-            for segmentation in segment_batch(
-                sessions[start : start + size],
-                frames[start : start + size],
-                features[start : start + size],
-            )
-        ]
-    probs = predict_from_memory(sessions, features)
-    values = memorised_values(sessions, frames, features, probs)
-    return [
-        Segmentation(session.next_frame_index, session.object_ids, session_probs, frame_values)
-        for session, session_probs, frame_values in zip(sessions, probs, values, strict=True)
-    ]
-
-
-def memorised_values(
-    sessions: Sequence[VosSession],
-    frames: Sequence[PreparedFrame],
-    features: Sequence[KeyFeatures],
-    probs: Sequence[Tensor],
-) -> list[Tensor | None]:
-    """The memory values of the sessions whose next frame is memorised (None for the others),
-    from the probabilities predicted for it: encode_memory_values over those frames."""
-    memorised = [number for number, session in enumerate(sessions) if session.memorises_next()]
-    values: list[Tensor | None] = [None] * len(sessions)
-    if memorised:
-        encoded = encode_memory_values(
-            _shared_model(sessions),
-            [frames[number] for number in memorised],
-            [features[number] for number in memorised],
-            [probs[number] for number in memorised],
-        )
-        for number, frame_values in zip(memorised, encoded, strict=True):
-            values[number] = frame_values
-    return values
-
-
-@torch.inference_mode()
-def predict_from_memory(
-    sessions: Sequence[VosSession], features: Sequence[KeyFeatures]
-) -> list[Tensor]:
-    """(K, Hp, Wp) soft-aggregated probabilities of each session's known objects on its next
-    frame (K = 0 for a session without objects): one memory read and one decoder pass per
-    frame size over all sessions. Reads the sessions, changes none."""
-    model = _shared_model(sessions)
-    reading = [number for number, session in enumerate(sessions) if session.object_ids]
-    reads = [
-        MemoryRead(
-            sessions[number].memory,
-            features[number].key[0].flatten(start_dim=1),
-            tuple(sessions[number].object_ids),
-            sessions[number].settings.top_k,
-        )
-        for number in reading
-    ]
-    readouts = read_memories(reads)
-    probs = [_no_objects(frame_features) for frame_features in features]
-    decoded = in_groups(
-        [tuple(features[number].key.shape) for number in reading],
-        lambda group: _decode(
-            model, [readouts[i] for i in group], [features[reading[i]] for i in group]
-        ),
-    )
-    for number, session_probs in zip(reading, decoded, strict=True):
-        probs[number] = session_probs
-    return probs
-
-
-@torch.inference_mode()
-def encode_memory_values(
-    model: STCN,
-    frames: Sequence[PreparedFrame],
-    features: Sequence[KeyFeatures],
-    probs: Sequence[Tensor],
-) -> list[Tensor]:
-    """Memory values (K, value_dim, h*w) of frames of any sessions, each with its objects'
-    probabilities (K, Hp, Wp): one value-encoder pass per frame size over all (frame, object)
-    pairs."""
-    return in_groups(
-        [tuple(frame.image.shape) for frame in frames],
-        lambda group: _encode_values(
-            model,
-            [frames[i] for i in group],
-            [features[i] for i in group],
-            [probs[i] for i in group],
-        ),
-    )
-
-
-def _decode(model: STCN, readouts: list[Tensor], features: list[KeyFeatures]) -> list[Tensor]:
-    """Soft-aggregated probabilities of frames of one size from their objects' readouts."""
-    frame_of = _frame_of_rows([len(readout) for readout in readouts], readouts[0].device)
-    batch = KeyFeatures.cat(features)
-    readout = torch.cat(readouts).view(len(frame_of), -1, *batch.key.shape[-2:])
-    logits = model.decode(readout, batch, frame_of)
-    probs = torch.sigmoid(logits).split([len(readout) for readout in readouts])
-    return [soft_aggregate(frame_probs)[1:] for frame_probs in probs]
-
-
-def _encode_values(
-    model: STCN, frames: list[PreparedFrame], features: list[KeyFeatures], probs: list[Tensor]
-) -> list[Tensor]:
-    frame_of = _frame_of_rows([len(frame_probs) for frame_probs in probs], probs[0].device)
-    images = torch.cat([frame.image for frame in frames])
-    key_f16 = torch.cat([frame_features.f16 for frame_features in features])
-    values = model.encode_values(images, key_f16, torch.cat(probs), frame_of)
-    # Contiguous per frame: memory keeps each frame's values as long as the frame stays.
-    values = values.flatten(start_dim=2)
-    return [frame_values.contiguous() for frame_values in values.split([len(p) for p in probs])]
-
-
-def _frame_of_rows(counts: list[int], device: torch.device) -> Tensor:
-    """The frame number of every (frame, object) row, for frames with `counts` objects."""
-    counts_tensor = torch.tensor(counts, device=device)
-    return torch.arange(len(counts), device=device).repeat_interleave(counts_tensor)
-
-
-def _no_objects(features: KeyFeatures) -> Tensor:
-    _, _, height, width = features.f4.shape
-    return features.f4.new_zeros((0, height * 4, width * 4))
-
-
-def _shared_model(sessions: Sequence[VosSession]) -> STCN:
-    models = {id(session.model) for session in sessions}
-    if len(models) > 1:
-        raise ValueError("sessions of different models cannot share a batch")
-    return sessions[0].model
 
 
 class VosSession:
@@ -409,27 +243,14 @@ class VosSession:
         self._prompts = dict(sorted(pending.items()))
         self.input_size = self.input_size or tuple(next(iter(masks.values())).shape)
 
-    def can_segment_from_memory(self) -> bool:
-        """Whether the next frame is segmented from memory alone (the session has objects and
-        no prompt for that frame): the frames segment_batch takes."""
-        return bool(self._object_ids) and self.next_frame_index not in self._prompts
-
-    def memorises_next(self) -> bool:
-        """Whether the next frame goes into memory: a prompted frame, and every mem_every-th
-        frame after the latest prompt."""
-        index = self.next_frame_index
-        return index in self._prompts or (index - self._last_prompt_index) % self.mem_every == 0
-
     @torch.inference_mode()
     def step(
         self, frame: Frame | PreparedFrame, key_features: KeyFeatures | None = None
     ) -> dict[int, ObjectResult]:
-        """Segments the next frame; {object_id: ObjectResult} at the input size.
-
-        The same computation as segment_batch with a batch of one, then commit.
-        """
+        """Segments the next frame; {object_id: ObjectResult} at the input size."""
         prepared = frame if isinstance(frame, PreparedFrame) else self.prepare(frame)
         self._check_frame_size(prepared.input_size)
+        index = self.next_frame_index
         if not self.needs_key_features():
             self.next_frame_index += 1
             return {}
@@ -437,41 +258,12 @@ class VosSession:
         if features is None:
             features = self.model.encode_keys(prepared.image)
         _check_features(features, prepared)
-        if self.can_segment_from_memory():
-            [segmentation] = segment_batch([self], [prepared], [features])
-        else:
-            segmentation = self._segment_prompted(prepared, features)
-        return self.commit(prepared, features, segmentation)
-
-    def commit(
-        self, prepared: PreparedFrame, features: KeyFeatures, segmentation: Segmentation
-    ) -> dict[int, ObjectResult]:
-        """Commits the next frame's segmentation (memory, objects, prompt used), made from the
-        session as it is now; {object_id: ObjectResult} at the input size.
-
-        Raises ValueError, changing nothing, when the segmentation is not of the next frame:
-        a frame commits once, in order.
-        """
-        index = self.next_frame_index
-        if segmentation.frame_index != index:
-            raise ValueError(
-                f"a segmentation of frame {segmentation.frame_index} cannot be committed: the "
-                f"session's next frame is {index}"
-            )
-        self._check_frame_size(prepared.input_size)
-        prompted = segmentation.prompt is not None
-        if segmentation.values is not None:
-            # A contiguous copy: a view would keep the whole key-encoder batch alive, and the
-            # channels-last layout would make every later copy of memory slower.
-            key = features.key[0].flatten(start_dim=1).clone(memory_format=torch.contiguous_format)
-            object_ids = tuple(segmentation.object_ids)
-            self.memory.add(MemoryFrame(index, key, segmentation.values, object_ids, prompted))
-        if prompted:
-            del self._prompts[index]
-            self._last_prompt_index = index
-        self._object_ids = list(segmentation.object_ids)
+        prompt = self._prompts.pop(index, None)
+        object_ids, probs = self._segment(prepared, features, prompt)
+        self._memorise(index, prepared, features, object_ids, probs, prompt is not None)
+        self._object_ids = object_ids
         self.next_frame_index += 1
-        return self._results(prepared, self._object_ids, segmentation.probs, segmentation.prompt)
+        return self._results(prepared, object_ids, probs, prompt)
 
     def close(self) -> None:
         """Frees the memory; the session can no longer segment its objects."""
@@ -479,18 +271,51 @@ class VosSession:
         self._prompts.clear()
         self._object_ids = []
 
-    def _segment_prompted(self, prepared: PreparedFrame, features: KeyFeatures) -> Segmentation:
-        """The next frame with its prompt: known objects predicted from memory, then the
-        prompted masks over them; always memorised. Reads the session, changes nothing."""
-        prompt = self._prompts[self.next_frame_index]
-        [predicted] = predict_from_memory([self], [features])
+    def _segment(
+        self, prepared: PreparedFrame, features: KeyFeatures, prompt: dict[int, Tensor] | None
+    ) -> tuple[list[int], Tensor]:
+        """Object ids after this frame and their probabilities (K, Hp, Wp) at the padded size."""
+        predicted = self._predict(features)
+        if prompt is None:
+            return list(self._object_ids), predicted
         object_ids = self._object_ids + [i for i in prompt if i not in self._object_ids]
         predicted = _with_rows(predicted, len(object_ids))
         prompt_masks = torch.stack([self._to_padded(mask, prepared) for mask in prompt.values()])
         rows = [object_ids.index(object_id) for object_id in prompt]
-        probs = _merge_prompt(predicted, rows, prompt_masks)
-        [values] = encode_memory_values(self.model, [prepared], [features], [probs])
-        return Segmentation(self.next_frame_index, object_ids, probs, values, prompt)
+        return object_ids, _merge_prompt(predicted, rows, prompt_masks)
+
+    def _predict(self, features: KeyFeatures) -> Tensor:
+        """(K, Hp, Wp) soft-aggregated probabilities of the known objects from memory."""
+        _, _, height, width = features.f4.shape
+        if not self._object_ids:
+            return features.f4.new_zeros((0, height * 4, width * 4))
+        query = features.key[0].flatten(start_dim=1)
+        readout = self.memory.read(query, self._object_ids, self.settings.top_k)
+        readout = readout.view(*readout.shape[:2], *features.key.shape[-2:])
+        logits = self.model.decode(readout, features)
+        return soft_aggregate(torch.sigmoid(logits))[1:]
+
+    def _memorise(
+        self,
+        index: int,
+        prepared: PreparedFrame,
+        features: KeyFeatures,
+        object_ids: list[int],
+        probs: Tensor,
+        prompted: bool,
+    ) -> None:
+        if prompted:
+            self._last_prompt_index = index
+        elif (index - self._last_prompt_index) % self.mem_every:
+            return
+        values = self.model.encode_values(prepared.image, features.f16, probs)
+        # Contiguous copies: a view would keep the whole key-encoder batch alive, and the
+        # channels-last layout would make every later concatenation of memory several times
+        # slower.
+        key = features.key[0].flatten(start_dim=1).clone(memory_format=torch.contiguous_format)
+        values = values.flatten(start_dim=2).contiguous()
+        frame = MemoryFrame(index, key, values, tuple(object_ids), prompted)
+        self.memory.add(frame)
 
     def _results(
         self,

@@ -129,19 +129,13 @@ class UpsampleBlock(nn.Module):
         self.skip_conv = nn.Conv2d(skip_channels, up_channels, 3, padding=1)
         self.out_conv = ResBlock(up_channels, out_channels)
 
-    def forward(self, skip: Tensor, coarse: Tensor, frame_of: Tensor | None = None) -> Tensor:
-        """skip (F, ...) of F frames, coarse (K, ...); frame_of (K,) the frame of each coarse
-        row (None: the skip's batch is K, or 1 shared by all). The skip conv runs once per
-        frame, however many objects (rows) the frame has."""
+    def forward(self, skip: Tensor, coarse: Tensor) -> Tensor:
         # Upsample to the skip's size rather than by x2: both are equal for padded inputs, and
         # this stays correct for odd feature sizes.
         upsampled = F.interpolate(
             coarse, size=skip.shape[-2:], mode="bilinear", align_corners=False
         )
-        skipped = self.skip_conv(skip)
-        if frame_of is not None:
-            skipped = skipped[frame_of]
-        return self.out_conv(skipped + upsampled)
+        return self.out_conv(self.skip_conv(skip) + upsampled)
 
 
 class ChannelGate(nn.Module):

@@ -16,13 +16,12 @@ group that shares one top-k softmax (usually all objects are in one group, as in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from models.vos.ops import in_groups, l2_affinity, read_memory_topk
+from models.vos.ops import l2_affinity, read_memory, topk_softmax
 
 
 class MemoryBudgetError(ValueError):
@@ -111,17 +110,15 @@ class MemoryBank:
             del self.frames[oldest_unpinned]
 
     def read(self, query_key: Tensor, object_ids: list[int], top_k: int | None) -> Tensor:
-        """Readout (K, value_dim, N) for the query key (key_dim, N) and each of `object_ids`:
-        read_memories with a batch of one."""
-        [readout] = read_memories([MemoryRead(self, query_key, tuple(object_ids), top_k)])
-        return readout
-
-    def starts(self) -> list[int]:
-        """Where each frame's positions start in the concatenated memory, and the total."""
-        starts = [0]
-        for frame in self.frames:
-            starts.append(starts[-1] + frame.key.shape[1])
-        return starts
+        """Readout (K, value_dim, N) for the query key (key_dim, N) and each of `object_ids`."""
+        keys = torch.cat([frame.key for frame in self.frames], dim=1)
+        affinity = l2_affinity(keys, query_key)
+        readouts: dict[int, Tensor] = {}
+        for group, frame_numbers in self._groups(object_ids).items():
+            weights = topk_softmax(self._rows_of(affinity, frame_numbers), top_k)
+            values = torch.cat([self._values_of(self.frames[i], group) for i in frame_numbers], 2)
+            readouts.update(zip(group, read_memory(values, weights), strict=True))
+        return torch.stack([readouts[object_id] for object_id in object_ids])
 
     def _groups(self, object_ids: list[int]) -> dict[tuple[int, ...], tuple[int, ...]]:
         """Objects that are in the same memory frames -> the numbers of those frames."""
@@ -137,6 +134,15 @@ class MemoryBank:
             groups.setdefault(frames, []).append(object_id)
         return {tuple(group): frames for frames, group in groups.items()}
 
+    def _rows_of(self, affinity: Tensor, frame_numbers: tuple[int, ...]) -> Tensor:
+        """The affinity rows (memory positions) of those frames."""
+        if len(frame_numbers) == len(self.frames):
+            return affinity
+        starts = [0]
+        for frame in self.frames:
+            starts.append(starts[-1] + frame.key.shape[1])
+        return torch.cat([affinity[starts[i] : starts[i + 1]] for i in frame_numbers])
+
     @staticmethod
     def _values_of(frame: MemoryFrame, object_ids: tuple[int, ...]) -> Tensor:
         if object_ids == frame.object_ids:
@@ -146,74 +152,6 @@ class MemoryBank:
 
     def clear(self) -> None:
         self.frames.clear()
-
-
-@dataclass(frozen=True)
-class MemoryRead:
-    """What one session reads: its memory, its query key (key_dim, N), the objects to read
-    (at least one) and how many memory positions each query position keeps (None: all)."""
-
-    bank: MemoryBank
-    query: Tensor
-    object_ids: tuple[int, ...]
-    top_k: int | None
-
-
-def read_memories(reads: Sequence[MemoryRead]) -> list[Tensor]:
-    """Readouts (K, value_dim, N) of many sessions' memories, in batched passes (one per query
-    size and top_k): the affinity of every query to its own memory, the top-k softmax and the
-    weighted sum of values. Reads the memories, changes none."""
-    return in_groups(
-        [(tuple(read.query.shape), read.top_k) for read in reads],
-        lambda positions: _read_padded([reads[position] for position in positions]),
-    )
-
-
-def _read_padded(reads: Sequence[MemoryRead]) -> list[Tensor]:
-    """One batched read of memories of any lengths and object counts, queries of one size.
-
-    Keys and values are padded to the longest memory and the most objects. Every read splits
-    into its groups (objects that share memory frames); each group is one row of the batch, and
-    the memory positions outside its frames (padding, or frames from before its objects joined)
-    get affinity -inf: weight 0 in the softmax, as if they were not there.
-    """
-    first = reads[0].query
-    entries = [
-        (number, group, frame_numbers)
-        for number, read in enumerate(reads)
-        for group, frame_numbers in read.bank._groups(list(read.object_ids)).items()
-    ]
-    starts = [read.bank.starts() for read in reads]
-    length = max(read_starts[-1] for read_starts in starts)
-    keys = first.new_zeros((len(reads), first.shape[0], length))
-    for number, read in enumerate(reads):
-        for frame, start in zip(read.bank.frames, starts[number], strict=False):
-            keys[number, :, start : start + frame.key.shape[1]] = frame.key
-    affinity = l2_affinity(keys, torch.stack([read.query for read in reads]))  # (B, M, N)
-    if len(entries) != len(reads):  # some read has several groups: a row per group
-        affinity = affinity[torch.tensor([number for number, _, _ in entries])]
-    value_dim = reads[0].bank.frames[0].values.shape[1]
-    most_objects = max(len(group) for _, group, _ in entries)
-    values = first.new_zeros((len(entries), length, most_objects, value_dim))
-    valid = torch.zeros((len(entries), length), dtype=torch.bool, device=first.device)
-    for row, (number, group, frame_numbers) in enumerate(entries):
-        bank = reads[number].bank
-        for frame_number in frame_numbers:
-            start, end = starts[number][frame_number], starts[number][frame_number + 1]
-            frame_values = MemoryBank._values_of(bank.frames[frame_number], group)
-            values[row, start:end, : len(group)] = frame_values.permute(2, 0, 1)
-            valid[row, start:end] = True
-    if not bool(valid.all()):
-        affinity.masked_fill_(~valid.unsqueeze(-1), float("-inf"))
-    readout = read_memory_topk(values.flatten(2), affinity, reads[0].top_k)
-    readout = readout.reshape(len(entries), most_objects, value_dim, -1)
-    by_object: list[dict[int, Tensor]] = [{} for _ in reads]
-    for row, (number, group, _) in enumerate(entries):
-        by_object[number].update(zip(group, readout[row], strict=False))
-    return [
-        torch.stack([objects[object_id] for object_id in read.object_ids])
-        for objects, read in zip(by_object, reads, strict=True)
-    ]
 
 
 def _tensor_bytes(tensor: Tensor) -> int:

@@ -57,15 +57,6 @@ class KeyFeatures:
     def split(self) -> list[KeyFeatures]:
         return [self.frame(index) for index in range(len(self))]
 
-    @staticmethod
-    def cat(features: list[KeyFeatures]) -> KeyFeatures:
-        """The features of several frames (of one size) as one batch, in order."""
-        if len(features) == 1:
-            return features[0]
-        return KeyFeatures(
-            *(torch.cat(tensors) for tensors in zip(*(f._tensors() for f in features), strict=True))
-        )
-
     def _tensors(self) -> tuple[Tensor, ...]:
         return self.key, self.key_comp, self.f16, self.f8, self.f4
 
@@ -149,15 +140,12 @@ class Decoder(nn.Module):
         self.up_8_4 = UpsampleBlock(f4_channels, width8, width4)
         self.pred = nn.Conv2d(width4, 1, 3, padding=1)
 
-    def forward(
-        self, x16: Tensor, f8: Tensor, f4: Tensor, frame_of: Tensor | None = None
-    ) -> Tensor:
-        """x16 (K, Cv + Ckc, h, w); f8 and f4 of F frames, frame_of (K,) the frame of each row
-        (None: F is K, or 1 shared by all K).
+    def forward(self, x16: Tensor, f8: Tensor, f4: Tensor) -> Tensor:
+        """x16 (K, Cv + Ckc, h, w); f8 and f4 with a batch of K, or of 1 shared by all K.
 
         Returns logits (K, 1, 16h, 16w).
         """
-        x = self.up_8_4(f4, self.up_16_8(f8, self.compress(x16), frame_of), frame_of)
+        x = self.up_8_4(f4, self.up_16_8(f8, self.compress(x16)))
         logits = self.pred(F.relu(x))
         return F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)
 
@@ -185,35 +173,25 @@ class STCN(nn.Module):
         f16, f8, f4 = self.key_encoder(images)
         return KeyFeatures(self.key_proj(f16), self.key_comp(f16), f16, f8, f4)
 
-    def encode_values(
-        self, images: Tensor, key_f16: Tensor, masks: Tensor, frame_of: Tensor | None = None
-    ) -> Tensor:
-        """Memory values of K objects on F frames: (K, value_dim, H/16, W/16).
+    def encode_values(self, image: Tensor, key_f16: Tensor, masks: Tensor) -> Tensor:
+        """Memory values of K objects on one frame: (K, value_dim, H/16, W/16).
 
-        images (F, 3, H, W) and key_f16 (F, C16, h, w) of the frames; masks (K, H, W) in [0, 1]
-        and frame_of (K,) the frame of each mask (None: all on frame 0). Each object sees its
-        own mask and the sum of the others' on its frame (zeros when it is alone there).
+        image (1, 3, H, W) and key_f16 (1, C16, h, w) of that frame; masks (K, H, W) in [0, 1].
+        Each object sees its own mask and the sum of the others' (zeros when K = 1).
         """
+        count = masks.shape[0]
         masks = masks.unsqueeze(1)
-        if frame_of is None:
-            frame_of = torch.zeros(masks.shape[0], dtype=torch.long, device=masks.device)
-        totals = masks.new_zeros((images.shape[0], *masks.shape[1:]))
-        others = totals.index_add_(0, frame_of, masks)[frame_of] - masks
-        return self.value_encoder(images[frame_of], masks, others, key_f16[frame_of])
+        others = masks.sum(dim=0, keepdim=True) - masks
+        return self.value_encoder(
+            image.expand(count, -1, -1, -1), masks, others, key_f16.expand(count, -1, -1, -1)
+        )
 
-    def decode(
-        self, readout: Tensor, features: KeyFeatures, frame_of: Tensor | None = None
-    ) -> Tensor:
-        """Logits (K, H, W) of K objects from their readouts (K, value_dim, h, w) and the
-        features of F query frames, frame_of (K,) the frame of each object (None: one frame,
-        shared by all objects). The decoder's skip convs run once per frame."""
+    def decode(self, readout: Tensor, features: KeyFeatures) -> Tensor:
+        """Logits (K, H, W) of K objects from their readouts (K, value_dim, h, w) and the query
+        frame's features (a batch of 1, shared by all objects)."""
         count = readout.shape[0]
-        if frame_of is None:
-            key_comp = features.key_comp.expand(count, -1, -1, -1)
-        else:
-            key_comp = features.key_comp[frame_of]
-        x16 = torch.cat([readout, key_comp], dim=1)
-        return self.decoder(x16, features.f8, features.f4, frame_of)[:, 0]
+        x16 = torch.cat([readout, features.key_comp.expand(count, -1, -1, -1)], dim=1)
+        return self.decoder(x16, features.f8, features.f4)[:, 0]
 
     def forward_clip(
         self,
@@ -264,8 +242,14 @@ class STCN(nn.Module):
     def _encode_clip_values(self, images: Tensor, features: KeyFeatures, masks: Tensor) -> Tensor:
         """(B, K, Cv, hw) values of B frames with K masks each."""
         batch, count = masks.shape[:2]
-        frame_of = torch.arange(batch, device=masks.device).repeat_interleave(count)
-        values = self.encode_values(images, features.f16, masks.flatten(0, 1), frame_of)
+        masks = masks.unsqueeze(2)
+        others = masks.sum(dim=1, keepdim=True) - masks
+        values = self.value_encoder(
+            images.repeat_interleave(count, dim=0),
+            masks.flatten(0, 1),
+            others.flatten(0, 1),
+            features.f16.repeat_interleave(count, dim=0),
+        )
         return values.view(batch, count, values.shape[1], -1)
 
     def _segment_clip(
@@ -283,8 +267,18 @@ class STCN(nn.Module):
         values = torch.cat(memory_values, dim=3)  # (B, K, Cv, M)
         count = values.shape[1]
         readout = read_memory(values, weights.unsqueeze(1)).flatten(0, 1)
-        frame_of = torch.arange(batch, device=readout.device).repeat_interleave(count)
-        logits = self.decode(readout.view(batch * count, -1, height, width), features, frame_of)
+        x16 = torch.cat(
+            [
+                readout.view(batch * count, -1, height, width),
+                features.key_comp.repeat_interleave(count, dim=0),
+            ],
+            dim=1,
+        )
+        logits = self.decoder(
+            x16,
+            features.f8.repeat_interleave(count, dim=0),
+            features.f4.repeat_interleave(count, 0),
+        )
         return logits.view(batch, count, *logits.shape[-2:])
 
 

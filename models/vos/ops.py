@@ -7,13 +7,9 @@ Cv value channels, K objects; the memory functions also take any leading batch d
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
-from typing import TypeVar
 
 import torch
 from torch import Tensor
-
-T = TypeVar("T")
 
 PROB_EPS = 1e-7  # the reference clamps probabilities to [eps, 1 - eps] before taking logits
 
@@ -52,42 +48,6 @@ def read_memory(memory_values: Tensor, weights: Tensor) -> Tensor:
     One affinity is shared by all objects (it broadcasts over K), as in the reference.
     """
     return memory_values @ weights
-
-
-def read_memory_topk(values: Tensor, affinity: Tensor, top_k: int | None) -> Tensor:
-    """Batched memory read that touches only each query's top_k memory positions:
-    values (B, M, Cv) and affinity (B, M, N) -> readout (B, Cv, N).
-
-    The same as read_memory(values^T, topk_softmax(affinity, top_k)) (the other weights are 0),
-    without the dense (Cv, M) x (M, N) product: with k = 20 of thousands of positions, the
-    gather reads a few hundredths of what the product multiplies. Positions masked with -inf get
-    weight 0, so memories of different lengths can share one padded batch.
-    """
-    batch, length, channels = values.shape
-    if top_k is None or top_k >= length:
-        return values.transpose(1, 2) @ torch.softmax(affinity, dim=1)
-    top, positions = torch.topk(affinity, k=top_k, dim=1)  # (B, k, N)
-    weights = torch.softmax(top, dim=1)
-    # Row numbers in the (B * M, Cv) view: one gather of contiguous rows for all queries.
-    rows = positions + torch.arange(batch, device=positions.device)[:, None, None] * length
-    picked = values.reshape(batch * length, channels).index_select(0, rows.flatten())
-    picked = picked.view(*positions.shape, channels)  # (B, k, N, Cv)
-    return (picked * weights.unsqueeze(-1)).sum(dim=1).transpose(1, 2)
-
-
-def in_groups(keys: Sequence[Hashable], run: Callable[[list[int]], Sequence[T]]) -> list[T]:
-    """run(positions) once per group of equal keys, its answers put back in input order.
-
-    Batched passes need tensors of one size: frames of several sizes go in one pass per size.
-    """
-    groups: dict[Hashable, list[int]] = {}
-    for position, key in enumerate(keys):
-        groups.setdefault(key, []).append(position)
-    answers: list[T | None] = [None] * len(keys)
-    for positions in groups.values():
-        for position, answer in zip(positions, run(positions), strict=True):
-            answers[position] = answer
-    return answers  # type: ignore[return-value]
 
 
 def aggregate_logits(probs: Tensor, dim: int = 0) -> Tensor:

@@ -1,18 +1,13 @@
-"""STCN in the worker: a round's heavy work batched across sessions (the forward), then each
-session commits its frame (the step).
+"""STCN in the worker: key encoding batched across sessions (the forward), then each session's
+memory step (readout, decoder, memorising: the step).
 
-The forward runs the key encoder over the frames of all sessions in the batch, then, for the
-sessions that segment from memory alone (they have objects and no prompt on this frame),
-segment_batch: the memory readouts, the decoder over every (session, object) pair and the value
-encoder for the frames that will be memorised, each one batched pass. It reads the sessions and
-changes none, so the worker may retry it. The step commits what the forward computed
-(VosSession.commit: memory, objects, results). Prompts ({object id: COCO RLE}) arrive with the
-frame they mark; such a frame, and one of a session without objects, is segmented in its step
-(VosSession.step: the same computation with a batch of one), once the prompt is added.
+A frame's work splits in two (models.vos.inference): the key encoder, the same for every
+session and the heaviest part, runs once over the frames of all sessions in the batch; then each
+session reads its own memory, decodes its objects and memorises. Prompts ({object id: COCO RLE})
+arrive with the frame they mark and are given to the session just before that frame's step.
 """
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
@@ -24,12 +19,10 @@ from models.vos import (
     ObjectResult,
     PreparedFrame,
     PromptError,
-    Segmentation,
     SessionSettings,
     VosSession,
     encode_key_batch,
     prepare_for_inference,
-    segment_batch,
 )
 from service.schemas import DetectedObject
 from service.worker.options import read_options
@@ -47,61 +40,36 @@ from service.worker.runners import register_runners
 OBJECT_CATEGORY = "object"  # VOS is class-agnostic: an object is whatever its prompt marks
 
 
-def default_sessions_per_pass(model: STCN) -> int | None:
-    """All sessions of a round in one pass on an accelerator; one session per pass on a CPU,
-    where a pass over several sessions measured slower per session (benchmarks/vos_speed.py
-    --sessions-per-pass compares them)."""
-    return 1 if next(model.parameters()).device.type == "cpu" else None
-
-
 @dataclass
 class Prepared:
     """The forward pass's answer for one item: its frame as the model takes it, its decoded
-    prompt, its key features when the frame will be segmented and, when the session segments
-    it from memory alone, the segmentation its step commits."""
+    prompt and, when the frame will be segmented, its key features."""
 
     frame: PreparedFrame
     prompt: dict[int, np.ndarray] | None = None
     features: KeyFeatures | None = None
-    segmentation: Segmentation | None = None
 
 
-class SessionsForward(BatchedForward):
-    """A round of every session in a batch, in batched passes: the key encoder over all frames,
-    then segment_batch over the sessions that segment from memory alone. It reads the sessions
-    (objects, memory, prompts due); it writes nothing."""
+class KeyEncoderForward(BatchedForward):
+    """The key encoder over the frames of every session in a batch: the heaviest part of a frame,
+    the same for all sessions. It reads whether a session has objects; it writes nothing."""
 
-    def __init__(self, model: STCN, name: str, sessions_per_pass: int | None = None):
+    def __init__(self, model: STCN, name: str):
         self.model = model
-        self.name = f"{name}-sessions"
-        self.sessions_per_pass = sessions_per_pass
+        self.name = f"{name}-key-encoder"
 
     def run(self, items: list[WorkItem]) -> list[Prepared | OptionError]:
         prepared = [self._prepare(item) for item in items]
         # Only frames that will be segmented need keys: a session with no object yet and no
         # prompt on this frame answers "nothing" without touching the network.
         wanted = [
-            (item.state, ready)
+            ready
             for item, ready in zip(items, prepared, strict=True)
             if isinstance(ready, Prepared) and (ready.prompt or item.state.needs_key_features())
         ]
-        encoded = encode_key_batch(self.model, [ready.frame for _, ready in wanted])
-        for (_, ready), features in zip(wanted, encoded, strict=True):
+        encoded = encode_key_batch(self.model, [ready.frame for ready in wanted])
+        for ready, features in zip(wanted, encoded, strict=True):
             ready.features = features
-        from_memory = [
-            (session, ready)
-            for session, ready in wanted
-            if not ready.prompt and session.can_segment_from_memory()
-        ]
-        if from_memory:
-            segmentations = segment_batch(
-                [session for session, _ in from_memory],
-                [ready.frame for _, ready in from_memory],
-                [ready.features for _, ready in from_memory],
-                self.sessions_per_pass,
-            )
-            for (_, ready), segmentation in zip(from_memory, segmentations, strict=True):
-                ready.segmentation = segmentation
         return prepared
 
     def _prepare(self, item: WorkItem) -> Prepared | OptionError:
@@ -121,19 +89,10 @@ class SessionsForward(BatchedForward):
 
 class VosRunner(ModelRunner):
     def __init__(
-        self,
-        model: STCN,
-        manifest: Manifest,
-        name: str,
-        settings: SessionSettings | None = None,
-        sessions_per_pass: int | None | Literal["auto"] = "auto",
+        self, model: STCN, manifest: Manifest, name: str, settings: SessionSettings | None = None
     ):
-        """sessions_per_pass: how many sessions segment_batch takes in one pass (None: all;
-        "auto": default_sessions_per_pass)."""
         self.model = prepare_for_inference(model)
-        if sessions_per_pass == "auto":
-            sessions_per_pass = default_sessions_per_pass(self.model)
-        self.forward = SessionsForward(self.model, name, sessions_per_pass)
+        self.forward = KeyEncoderForward(self.model, name)
         self.settings = settings or SessionSettings()
         self.info = ModelInfo(
             name=name,
@@ -153,16 +112,12 @@ class VosRunner(ModelRunner):
         state.close()
 
     def step(self, item: WorkItem, ready: Prepared) -> list[Output]:
-        """Commit the frame the forward segmented; a prompted frame (or one of a session with
-        no objects) is segmented here, once its prompt is added."""
+        """Read the memory, decode the objects, memorise: the session's own part of a frame."""
         session: VosSession = item.state
         try:
-            if ready.segmentation is not None:
-                results = session.commit(ready.frame, ready.features, ready.segmentation)
-            else:
-                if ready.prompt:
-                    session.add_prompt(session.next_frame_index, ready.prompt)
-                results = session.step(ready.frame, ready.features)
+            if ready.prompt:
+                session.add_prompt(session.next_frame_index, ready.prompt)
+            results = session.step(ready.frame, ready.features)
         except PromptError as error:
             raise OptionError(f"prompt: {error}") from None
         return [FrameOutput(item.index, item.time, result_objects(results))]
