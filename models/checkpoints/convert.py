@@ -30,12 +30,12 @@ def load_pth_state_dict(path: Path | str) -> dict[str, Tensor]:
         raise CheckpointError(
             path,
             "refused: not a weights-only PyTorch file (torch.load weights_only=True failed; it "
-            f"may carry pickled objects, or be corrupt): {_reason(error)}",
+            f"may carry pickled objects, or be corrupt): {load_error_reason(error)}",
         ) from None
-    return _tensors_only(_unwrap(loaded, path), path)
+    return tensors_only(unwrap_state_dict(loaded, path), path)
 
 
-def _unwrap(loaded: object, path: Path) -> Mapping:
+def unwrap_state_dict(loaded: object, path: Path) -> Mapping:
     if not isinstance(loaded, Mapping):
         raise CheckpointError(path, f"expected a state dict, found a {type(loaded).__name__}")
     for key in _STATE_DICT_KEYS:
@@ -45,7 +45,7 @@ def _unwrap(loaded: object, path: Path) -> Mapping:
     return loaded
 
 
-def _tensors_only(state: Mapping, path: Path) -> dict[str, Tensor]:
+def tensors_only(state: Mapping, path: Path) -> dict[str, Tensor]:
     not_tensors = [str(key) for key, value in state.items() if not isinstance(value, Tensor)]
     if not_tensors:
         raise CheckpointError(
@@ -54,7 +54,7 @@ def _tensors_only(state: Mapping, path: Path) -> dict[str, Tensor]:
     return {str(key): value for key, value in state.items()}
 
 
-def _reason(error: BaseException) -> str:
+def load_error_reason(error: BaseException) -> str:
     """The informative part of torch.load's message: the unpickler's own line when present
     (it names the refused global), else the first line."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

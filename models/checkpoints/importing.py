@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from models.checkpoints.checkpoint import verify_checkpoint
-from models.checkpoints.convert import _reason, _tensors_only, _unwrap
+from models.checkpoints.convert import load_error_reason, tensors_only, unwrap_state_dict
 from models.checkpoints.errors import CheckpointError
 from models.checkpoints.manifest import Manifest
 from models.checkpoints.public_formats import FORMATS, Converted, PublicFormat
@@ -129,7 +129,7 @@ def read_weights_file(
     if path.suffix == SAFETENSORS_SUFFIX:
         return WeightsFile(_load_safetensors(path), {}, digest, size)
     loaded = _torch_load(path, allow_pickle)
-    state = _tensors_only(_unwrap(loaded, path), path)
+    state = tensors_only(unwrap_state_dict(loaded, path), path)
     meta = loaded.get("meta") if isinstance(loaded, Mapping) else None
     return WeightsFile(state, meta if isinstance(meta, Mapping) else {}, digest, size)
 
@@ -228,14 +228,14 @@ def _torch_load(path: Path, allow_pickle: bool) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = _reason(error)
+        reason = load_error_reason(error)
         if "Unsupported global" not in reason:
             raise CheckpointError(path, f"not a readable PyTorch file: {reason}") from None
         if not allow_pickle:
             raise PickleRequiredError(path, _pickle_refusal(reason)) from None
     except Exception as error:  # a damaged file fails in the zip reader or the unpickler
         raise CheckpointError(
-            path, f"not a readable PyTorch file (corrupt or truncated?): {_reason(error)}"
+            path, f"not a readable PyTorch file (corrupt or truncated?): {load_error_reason(error)}"
         ) from None
     return _torch_load_with_pickle(path)
 
@@ -258,4 +258,4 @@ def _torch_load_with_pickle(path: Path) -> object:
             path, f"unpickling needs the Python module {error.name!r}, not installed here"
         ) from None
     except Exception as error:
-        raise CheckpointError(path, f"cannot be unpickled: {_reason(error)}") from None
+        raise CheckpointError(path, f"cannot be unpickled: {load_error_reason(error)}") from None

@@ -37,17 +37,14 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import av
-
 from service import requestid
 from service.gateway.context import ServiceContext
 from service.gateway.pipeline import Busy, run_session
 from service.gateway.prompts import attach_prompt, read_video_prompt
-from service.gateway.rest import _error_parts, video_limits
+from service.gateway.rest import error_parts, video_limits
 from service.gateway.video_input import (
     InputError,
     decode_frames,
-    header_frames,
     probe_video,
 )
 from service.queue.base import NoWorker
@@ -596,7 +593,7 @@ def _problem_of(error: Exception) -> dict:
     """The problem+json a failed job shows, as /v1/segment would answer the same failure."""
     if isinstance(error, NoWorker):
         return problem_dict(503, "No worker", str(error))
-    return problem_dict(*_error_parts(error))
+    return problem_dict(*error_parts(error))
 
 
 async def run_job(ctx: ServiceContext, claimed: Claimed, store: JobStore) -> tuple[dict, int]:
@@ -605,7 +602,7 @@ async def run_job(ctx: ServiceContext, claimed: Claimed, store: JobStore) -> tup
     limits = video_limits(ctx)
     stride, max_frames = request.frame_stride, request.max_frames
     probe = await asyncio.to_thread(probe_video, video, limits, stride, max_frames)
-    total = await asyncio.to_thread(frames_to_process, video, stride, max_frames)
+    total = probe.frames  # from the header, read once by probe_video
     prompt = await asyncio.to_thread(_prompt_of, ctx, request)
     if prompt is not None:
         prompt.check_fits(probe.height, probe.width, stride, max_frames)
@@ -667,19 +664,3 @@ def _prompt_of(ctx: ServiceContext, request: JobRequest):
         request.prompt_frame if given else None,
         limits,
     )
-
-
-def frames_to_process(path: Path, stride: int, max_frames: int | None) -> int:
-    """The frames the job will process, from the container's header (0 when it does not say):
-    the denominator of the progress."""
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or 0) or 25.0
-            counted = header_frames(container, stream, fps)
-    except (av.FFmpegError, IndexError, OSError):
-        return 0
-    if counted is None:
-        return 0
-    processed = -(-counted[0] // max(1, stride))
-    return min(processed, max_frames) if max_frames else processed

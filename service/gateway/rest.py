@@ -450,7 +450,7 @@ async def _ndjson(ctx, first, results, probe):
         summary = _response(events, probe).model_dump(mode="json", exclude={"frames"})
         yield json.dumps({"summary": summary}) + "\n"
     except (SessionError, InputError) as e:  # the status line is sent: report in the stream
-        status, title, detail = _error_parts(e)
+        status, title, detail = error_parts(e)
         ctx.metrics.errors.labels(str(status)).inc()
         yield (
             json.dumps(
@@ -501,7 +501,7 @@ async def save_upload(video: UploadFile, max_bytes: int) -> Path:
     return path
 
 
-def _error_parts(error: Exception) -> tuple[int, str, str]:
+def error_parts(error: Exception) -> tuple[int, str, str]:
     if isinstance(error, InputError):
         return error.status, error.title, error.detail
     if isinstance(error, SessionError):
@@ -536,7 +536,7 @@ def _add_error_handlers(app: FastAPI, ctx: ServiceContext) -> None:
     @app.exception_handler(InputError)
     @app.exception_handler(SessionError)
     async def input_error(request, exc):
-        status, title, detail = _error_parts(exc)
+        status, title, detail = error_parts(exc)
         ctx.metrics.errors.labels(str(status)).inc()
         headers = {"Retry-After": str(ctx.settings.retry_after_s)} if status == 429 else None
         return problem(status, title, detail, headers)

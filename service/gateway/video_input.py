@@ -47,6 +47,9 @@ class VideoProbe:
     width: int
     height: int
     fps: float
+    # The frames to process (after frame_stride and max_frames) as the container's header counts
+    # them; 0 when the header says nothing (decoding finds out).
+    frames: int = 0
 
 
 def probe_video(
@@ -71,8 +74,9 @@ def probe_video(
                 raise InputError(415, "Not a video", "the file has no video stream")
             stream = container.streams.video[0]
             fps = float(stream.average_rate or 0) or 25.0
+            counted = header_frames(container, stream, fps)
             if max_frames is None:
-                _check_length(container, stream, fps, limits, stride)
+                _check_length(counted, limits, stride)
             first = next(container.decode(stream), None)
     except InputError:
         raise
@@ -93,7 +97,9 @@ def probe_video(
             f"{first.width}x{first.height} exceeds the "
             f"limit of {limits.max_width}x{limits.max_height}",
         )
-    return VideoProbe(first.width, first.height, fps)
+    return VideoProbe(
+        first.width, first.height, fps, _frames_to_process(counted, stride, max_frames)
+    )
 
 
 def header_frames(container, stream, fps: float) -> tuple[int, bool] | None:
@@ -112,12 +118,20 @@ def header_frames(container, stream, fps: float) -> tuple[int, bool] | None:
     return int(seconds * fps), False
 
 
-def _check_length(container, stream, fps: float, limits: VideoLimits, stride: int) -> None:
-    counted = header_frames(container, stream, fps)
+def _frames_to_process(
+    counted: tuple[int, bool] | None, stride: int, max_frames: int | None
+) -> int:
+    if counted is None:
+        return 0
+    processed = -(-counted[0] // max(1, stride))
+    return min(processed, max_frames) if max_frames else processed
+
+
+def _check_length(counted: tuple[int, bool] | None, limits: VideoLimits, stride: int) -> None:
     if counted is None:
         return  # found while decoding (iter_frames)
-    total, exact = counted
-    processed = -(-total // max(1, stride))
+    exact = counted[1]
+    processed = _frames_to_process(counted, stride, None)
     # An estimate from the duration refuses only what is clearly over (5 %); decoding finds
     # the rest.
     limit = limits.max_frames if exact else int(limits.max_frames * 1.05) + 1
