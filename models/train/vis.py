@@ -10,13 +10,11 @@ import json
 import logging
 import tempfile
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import Subset
-from torchvision.models.detection.image_list import ImageList
 
 from models.data.synthetic.export import stored_fingerprint
 from models.data.ytvis import YtvisDataset, load_ytvis
@@ -174,8 +172,8 @@ class PairLosses:
 
     The backbone runs once over all key and reference frames (batch-norm statistics of the
     batch, synced across ranks under DDP); the heads run pair by pair, each pair's anchor and
-    RoI sampling drawing from a generator seeded by the pair's draw number. These are the steps
-    of MaskTrackRCNN.training_losses, pair by pair after the backbone."""
+    RoI sampling drawing from a generator seeded by the pair's draw number. The heads are
+    MaskTrackRCNN.heads_losses, which training_losses also runs."""
 
     def __init__(self, model: MaskTrackRCNN, seed: int):
         self.model = model
@@ -197,25 +195,8 @@ class PairLosses:
             key, ref = slice(k, k + 1), slice(count + k, count + k + 1)
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(sample_seed(self.seed, draw))
-                per_pair.append(_heads_losses(model, batch, features, targets, key, ref))
+                per_pair.append(model.heads_losses(batch, features, targets, key, ref))
         return {name: torch.stack([p[name] for p in per_pair]).mean() for name in per_pair[0]}
-
-
-def _heads_losses(model: MaskTrackRCNN, batch, features, targets, key: slice, ref: slice):
-    """RPN, box, mask and track losses of one key frame (and its reference frame) of a batch
-    whose backbone features are computed."""
-    key_features = OrderedDict((name, level[key]) for name, level in features.items())
-    ref_features = OrderedDict((name, level[ref]) for name, level in features.items())
-    key_sizes, ref_sizes = batch.image_sizes[key], batch.image_sizes[ref]
-    key_targets, ref_targets = targets[key], targets[ref]
-    proposals, rpn_losses = model.rpn(
-        ImageList(batch.tensor[key], key_sizes), key_features, key_targets
-    )
-    _, detector_losses = model.roi_heads(key_features, proposals, key_sizes, key_targets)
-    track_loss = model.track_head.loss(
-        key_features, proposals, key_targets, key_sizes, ref_features, ref_targets, ref_sizes
-    )
-    return {**rpn_losses, **detector_losses, "loss_track": track_loss}
 
 
 def evaluate_vis_model(

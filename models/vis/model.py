@@ -201,12 +201,19 @@ class MaskTrackRCNN(nn.Module):
             self.device,
         )
         features = self.backbone(batch.tensor)
-        key_features = OrderedDict((name, level[:count]) for name, level in features.items())
-        ref_features = OrderedDict((name, level[count:]) for name, level in features.items())
-        key_sizes, ref_sizes = batch.image_sizes[:count], batch.image_sizes[count:]
-        key_t, ref_t = targets[:count], targets[count:]
+        return self.heads_losses(batch, features, targets, slice(0, count), slice(count, None))
 
-        key_list = ImageList(batch.tensor[:count], key_sizes)
+    def heads_losses(
+        self, batch, features: OrderedDict, targets: list, key: slice, ref: slice
+    ) -> dict[str, Tensor]:
+        """RPN, box, mask and track losses of the key frames `key` of a prepared batch (and
+        their reference frames `ref`) whose backbone features are computed. The trainer calls
+        it pair by pair (models/train/vis.py), training_losses for the whole batch at once."""
+        key_features = OrderedDict((name, level[key]) for name, level in features.items())
+        ref_features = OrderedDict((name, level[ref]) for name, level in features.items())
+        key_sizes, ref_sizes = batch.image_sizes[key], batch.image_sizes[ref]
+        key_t, ref_t = targets[key], targets[ref]
+        key_list = ImageList(batch.tensor[key], key_sizes)
         proposals, rpn_losses = self.rpn(key_list, key_features, key_t)
         _, detector_losses = self.roi_heads(key_features, proposals, key_sizes, key_t)
         track_loss = self.track_head.loss(
