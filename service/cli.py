@@ -461,6 +461,43 @@ def train_vis_command(
     _train_and_publish(lambda: train_vis(_run_config(VisTrainConfig, options)))
 
 
+@train_app.command("instance")
+def train_instance_command(
+    data: Annotated[
+        Path,
+        typer.Option(
+            exists=True,
+            help=(
+                "YouTube-VIS dataset whose annotated frames are the images: a `vidserve synth` "
+                "folder, the official layout or an annotation JSON."
+            ),
+        ),
+    ],
+    out: StoreOption,
+    name: Annotated[str, typer.Option(help="Model name in the store.")] = "cascade-swin",
+    split: SplitOption = "train",
+    val: ValOption = None,
+    val_split: ValSplitOption = "val",
+    val_videos: ValVideosOption = 4,
+    iters: ItersOption = 3000,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Images per step, over all torchrun processes together.")
+    ] = 8,
+    lr: LrOption = 2e-3,
+    seed: SeedOption = 0,
+    work_dir: WorkDirOption = Path("runs/instance"),
+    resume: ResumeOption = False,
+    redis_url: RedisOption = None,
+) -> None:
+    """Train Cascade Mask R-CNN with a Swin backbone (small CPU configuration) on the annotated
+    frames as images, evaluate per-frame COCO mask AP on held-out videos, publish to the store.
+    Under `torchrun --nproc-per-node N` it trains with DDP; rank 0 publishes."""
+    options = dict(locals())
+    from models.train.instance import InstanceTrainConfig, train_instance
+
+    _train_and_publish(lambda: train_instance(_run_config(InstanceTrainConfig, options)))
+
+
 @train_app.command("vos")
 def train_vos_command(
     data: Annotated[

@@ -81,7 +81,7 @@ def _train_vis(cfg: VisTrainConfig) -> Path | None:
     data = load_ytvis(ann, images, check_files=True)
     category_ids = sorted(data.categories)
     class_names = [data.categories[c] for c in category_ids]
-    train_ids, val_set = _split(cfg, data)
+    train_ids, val_set = split_videos(cfg, data)
     model_config = VisConfig.small(num_classes=len(class_names), **cfg.model_overrides)
     # The trunk's batch norms train: under DDP their statistics are the global batch's.
     model = prepare_model(build_masktrack_rcnn(model_config), synced_batchnorm=True)
@@ -151,7 +151,7 @@ def _validate_and_publish(
     )
 
 
-def _split(cfg: VisTrainConfig, data: YtvisDataset) -> tuple[set[int], tuple]:
+def split_videos(cfg: VisTrainConfig, data: YtvisDataset) -> tuple[set[int], tuple]:
     """Training video ids, and (validation dataset, its video ids)."""
     if cfg.val is not None:
         ann, images = locate_ytvis(cfg.val, cfg.val_split)

@@ -7,8 +7,8 @@ ref_targets). Checkpoints: family "vis", architecture = VisConfig.to_dict().
 """
 
 from models.checkpoints.registry import register_family
+from models.common.detections import FrameDetections
 from models.vis.config import VisConfig
-from models.vis.detections import FrameDetections
 from models.vis.model import FAMILY, MaskTrackRCNN, build_masktrack_rcnn, probe_masktrack_rcnn
 from models.vis.tracker import Tracker, TrackerConfig, TrackSummary, match_scores
 

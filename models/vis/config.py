@@ -11,56 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from models.common.backbones import backbone_names
-from models.common.config import ManifestConfig, require
-from models.common.image import IMAGENET_MEAN, IMAGENET_STD
+from models.common.config import require
+from models.common.detection import DetectorConfig
 
 
 @dataclass(frozen=True)
-class VisConfig(ManifestConfig):
-    backbone: str = "resnet50_fpn"  # a registered backbone (models.common.backbones)
-    num_classes: int = 40  # object categories, background not counted; labels are 1..num_classes
-    fpn_channels: int = 256
-    backbone_bn_eps: float = 1e-5
-    trainable_backbone_layers: int = 5  # ResNet-50 stages with gradients, counted from the top
-    freeze_backbone_bn: bool = False  # keep the trunk's batch-norm statistics as loaded
-
-    # Test (and training) resize: keep the aspect ratio, fit in long x short, pad to a multiple.
-    image_long_edge: int = 640
-    image_short_edge: int = 360
-    size_divisible: int = 32
-    image_mean: tuple[float, float, float] = IMAGENET_MEAN
-    image_std: tuple[float, float, float] = IMAGENET_STD
-
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one size per pyramid level
-    anchor_aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-
-    # torchvision counts nms_pre per pyramid level, as MMDetection's RPN does.
-    rpn_pre_nms_top_n_train: int = 200
-    rpn_post_nms_top_n_train: int = 200
-    rpn_pre_nms_top_n_test: int = 200
-    rpn_post_nms_top_n_test: int = 200
-    rpn_nms_thresh: float = 0.7
-    rpn_batch_size_per_image: int = 64
-
-    # RoIAlign of the box, mask and track heads. False / 2: torchvision's (its COCO weights were
-    # trained with it; our checkpoints too). True / 0: MMDetection's, the reference's: box
-    # corners shifted half a pixel so that a feature sits at its pixel's centre, and an adaptive
-    # number of samples a bin (ceil(RoI size / output size)).
-    roi_align_aligned: bool = False
-    roi_sampling_ratio: int = 2
-
-    box_head_dim: int = 1024
-    # 0: torchvision's box head (two fc layers, as the reference). n > 0: n 3x3 convs of
-    # fpn_channels with group norm before one fc layer (the "4conv1fc" head of Faster R-CNN v2).
-    box_head_convs: int = 0
-    box_batch_size_per_image: int = 128
-    box_score_thresh: float = 0.01
-    box_nms_thresh: float = 0.5
-    box_detections_per_img: int = 100
-
-    mask_head_channels: int = 256
-    mask_threshold: float = 0.5
+class VisConfig(DetectorConfig):
+    """DetectorConfig (backbone, RPN, box and mask heads) + the track head."""
 
     track_embed_dim: int = 1024
     track_rois_per_image: int = 128
@@ -74,23 +31,11 @@ class VisConfig(ManifestConfig):
     track_cosine_scale: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.backbone not in backbone_names():
-            raise ValueError(f"backbone must be one of {backbone_names()}, got {self.backbone!r}")
-        require(self.num_classes >= 1, "num_classes must be >= 1")
-        require(
-            self.image_long_edge >= self.image_short_edge > 0,
-            "need image_long_edge >= image_short_edge > 0",
-        )
-        require(self.size_divisible > 0, "size_divisible must be > 0")
-        require(len(self.anchor_sizes) == 5, "anchor_sizes needs one size per level (5)")
-        require(0.0 <= self.box_score_thresh < 1.0, "box_score_thresh must be in [0, 1)")
-        require(0.0 < self.mask_threshold < 1.0, "mask_threshold must be in (0, 1)")
+        super().__post_init__()
         require(
             0.0 < self.track_positive_fraction <= 1.0, "track_positive_fraction must be in (0, 1]"
         )
         require(self.track_cosine_scale >= 0.0, "track_cosine_scale must be >= 0")
-        require(self.box_head_convs >= 0, "box_head_convs must be >= 0")
-        require(self.roi_sampling_ratio >= 0, "roi_sampling_ratio must be >= 0 (0: adaptive)")
 
     @classmethod
     def small(cls, num_classes: int = 40, **overrides: Any) -> VisConfig:

@@ -13,34 +13,36 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import (
-    FastRCNNConvFCHead,
-    FastRCNNPredictor,
-    TwoMLPHead,
-)
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import maskrcnn_inference
-from torchvision.models.detection.rpn import RPNHead
 
-from models.common.backbones import build_backbone, freeze_batchnorm
-from models.common.image import Frame, prepare_batch
+from models.common.detection import (
+    BOX_ROI_SIZE,
+    MASK_ROI_SIZE,
+    TwoStageDetector,
+    anchor_generator,
+    box_head,
+    detector_backbone,
+    mask_head,
+    mask_predictor,
+    probe_detector,
+    region_proposal_network,
+    roi_pool,
+    select_per_image,
+)
+from models.common.detections import FrameDetections
+from models.common.image import Frame
 from models.vis.config import VisConfig
-from models.vis.detections import FrameDetections, to_input_pixels
 from models.vis.targets import prepare_training_batch
-from models.vis.track_head import TrackEmbedHead, multiscale_roi_align
+from models.vis.track_head import TrackEmbedHead
 
 FAMILY = "vis"
-BOX_ROI_SIZE = 7  # torchvision's box RoIAlign output, also the track head's
-MASK_ROI_SIZE = 14  # torchvision's mask RoIAlign output
-GROUP_NORM_GROUPS = 16
 
 
-class MaskTrackRCNN(nn.Module):
+class MaskTrackRCNN(TwoStageDetector):
     def __init__(self, config: VisConfig):
         super().__init__()
         self.config = config
@@ -61,20 +63,6 @@ class MaskTrackRCNN(nn.Module):
             sampling_ratio=config.roi_sampling_ratio,
             aligned=config.roi_align_aligned,
         )
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def architecture(self) -> dict[str, Any]:
-        """The manifest's architecture dict: build_masktrack_rcnn(VisConfig.from_dict(it))."""
-        return self.config.to_dict()
-
-    def train(self, mode: bool = True) -> MaskTrackRCNN:
-        super().train(mode)
-        if mode and self.config.freeze_backbone_bn:
-            freeze_batchnorm(self.backbone.body)
-        return self
 
     def forward(
         self,
@@ -97,8 +85,8 @@ class MaskTrackRCNN(nn.Module):
             # Same result as filtering afterwards: NMS and the top-k cut only ever let a box be
             # removed by a higher-scoring one.
             keep = [image_scores >= min_score for image_scores in scores]
-            boxes, labels = _select(boxes, keep), _select(labels, keep)
-            scores = _select(scores, keep)
+            boxes, labels = select_per_image(boxes, keep), select_per_image(labels, keep)
+            scores = select_per_image(scores, keep)
         mask_probs = self._mask_probs(features, boxes, labels, image_sizes)
         embeddings = self.track_head(features, boxes, image_sizes).split([len(b) for b in boxes])
         return [
@@ -133,44 +121,6 @@ class MaskTrackRCNN(nn.Module):
             return [image_boxes.new_zeros((0, 1, size, size)) for image_boxes in boxes]
         mask_features = heads.mask_head(heads.mask_roi_pool(features, boxes, image_sizes))
         return list(maskrcnn_inference(heads.mask_predictor(mask_features), labels))
-
-    @torch.inference_mode()
-    def detect(
-        self,
-        frames: list[Frame],
-        *,
-        min_score: float | None = None,
-        mask_probs: bool = False,
-    ) -> list[FrameDetections]:
-        """One forward pass over frames of any sizes (from any videos), results per frame.
-
-        frames: RGB uint8 H x W x 3 (numpy or tensor), or float 3 x H x W tensors in [0, 1].
-        min_score: drop detections below it before masks are pasted (a serving threshold saves
-        most of the mask work); None keeps all above the config's box_score_thresh, as the
-        reference evaluation does.
-        mask_probs: also return the soft masks at input size (large: N x H x W float32).
-        """
-        if self.training:
-            raise RuntimeError("detect() needs eval mode; call model.eval() first")
-        if not frames:
-            return []
-        config = self.config
-        batch = prepare_batch(
-            frames,
-            long_edge=config.image_long_edge,
-            short_edge=config.image_short_edge,
-            mean=config.image_mean,
-            std=config.image_std,
-            size_divisible=config.size_divisible,
-            device=self.device,
-        )
-        raw = self(batch.tensor, batch.image_sizes, min_score)
-        return [
-            to_input_pixels(image_raw, network_size, input_size, config.mask_threshold, mask_probs)
-            for image_raw, network_size, input_size in zip(
-                raw, batch.image_sizes, batch.input_sizes, strict=True
-            )
-        ]
 
     def training_losses(
         self,
@@ -232,38 +182,8 @@ def build_masktrack_rcnn(config: VisConfig | dict[str, Any] | None = None) -> Ma
 
 
 def probe_masktrack_rcnn(model: MaskTrackRCNN) -> list[FrameDetections]:
-    """The family's load-time probe (models.checkpoints.probe): detect() on a noise frame of the
-    model's input size, every detection kept, so that the mask and track heads run too."""
-    from models.checkpoints.probe import probe_frame
-
-    frame = probe_frame(model.config.image_short_edge, model.config.image_long_edge)
-    return model.detect([frame.to(model.device)], min_score=0.0)
-
-
-def _select(per_image: list[Tensor], keep: list[Tensor]) -> list[Tensor]:
-    return [values[mask] for values, mask in zip(per_image, keep, strict=True)]
-
-
-def _roi_pool(config: VisConfig, output_size: int) -> nn.Module:
-    # With the default config, the RoIAlign torchvision's MaskRCNN makes itself.
-    return multiscale_roi_align(output_size, config.roi_sampling_ratio, config.roi_align_aligned)
-
-
-def _box_head(config: VisConfig, channels: int) -> nn.Module:
-    if config.box_head_convs == 0:
-        return TwoMLPHead(channels * BOX_ROI_SIZE**2, config.box_head_dim)
-    return FastRCNNConvFCHead(
-        (channels, BOX_ROI_SIZE, BOX_ROI_SIZE),
-        [channels] * config.box_head_convs,
-        [config.box_head_dim],
-        norm_layer=_group_norm,
-    )
-
-
-def _group_norm(channels: int) -> nn.GroupNorm:
-    # Group norm, not batch norm: a head's statistics then never depend on what else is in the
-    # batch, so a frame's detections are the same alone or batched with other streams.
-    return nn.GroupNorm(min(GROUP_NORM_GROUPS, channels), channels)
+    """The family's load-time probe: every head runs on a noise frame."""
+    return probe_detector(model)
 
 
 def _torchvision_mask_rcnn(config: VisConfig) -> MaskRCNN:
@@ -272,18 +192,8 @@ def _torchvision_mask_rcnn(config: VisConfig) -> MaskRCNN:
     With the default config every part has the shape maskrcnn_resnet50_fpn gives it, so
     torchvision's COCO weights load (num_classes=90: torchvision counts background).
     """
-    backbone = build_backbone(
-        config.backbone,
-        fpn_channels=config.fpn_channels,
-        trainable_layers=config.trainable_backbone_layers,
-        bn_eps=config.backbone_bn_eps,
-    )
+    backbone = detector_backbone(config)
     channels = backbone.out_channels
-    classes_with_background = config.num_classes + 1
-    anchors = AnchorGenerator(
-        tuple((size,) for size in config.anchor_sizes),
-        (tuple(config.anchor_aspect_ratios),) * len(config.anchor_sizes),
-    )
     return MaskRCNN(
         backbone,
         num_classes=None,
@@ -291,24 +201,22 @@ def _torchvision_mask_rcnn(config: VisConfig) -> MaskRCNN:
         max_size=config.image_long_edge,
         image_mean=list(config.image_mean),
         image_std=list(config.image_std),
-        rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0]),
+        rpn_anchor_generator=anchor_generator(config),
+        rpn_head=region_proposal_network(config, channels).head,
         rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n_train,
-        rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
         rpn_nms_thresh=config.rpn_nms_thresh,
         rpn_batch_size_per_image=config.rpn_batch_size_per_image,
-        box_roi_pool=_roi_pool(config, BOX_ROI_SIZE),
-        box_head=_box_head(config, channels),
-        box_predictor=FastRCNNPredictor(config.box_head_dim, classes_with_background),
+        box_roi_pool=roi_pool(config, BOX_ROI_SIZE),
+        box_head=box_head(config, channels),
+        box_predictor=FastRCNNPredictor(config.box_head_dim, config.num_classes + 1),
         box_score_thresh=config.box_score_thresh,
         box_nms_thresh=config.box_nms_thresh,
         box_detections_per_img=config.box_detections_per_img,
         box_batch_size_per_image=config.box_batch_size_per_image,
-        mask_roi_pool=_roi_pool(config, MASK_ROI_SIZE),
-        mask_head=MaskRCNNHeads(channels, [config.mask_head_channels] * 4, 1),
-        mask_predictor=MaskRCNNPredictor(
-            config.mask_head_channels, config.mask_head_channels, classes_with_background
-        ),
+        mask_roi_pool=roi_pool(config, MASK_ROI_SIZE),
+        mask_head=mask_head(config, channels),
+        mask_predictor=mask_predictor(config),
     )

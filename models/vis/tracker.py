@@ -22,8 +22,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from models.common.detections import FrameDetections
 from models.data.track_votes import TrackVotes
-from models.vis.detections import FrameDetections
 from models.vis.track_head import similarity_logits
 
 NEW_OBJECT = -1

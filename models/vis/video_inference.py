@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import numpy as np
 
+from models.common.detections import FrameDetections
 from models.data.rle import encode_mask
 from models.data.track_votes import TrackVotes
-from models.vis.detections import FrameDetections
 from models.vis.model import MaskTrackRCNN
 from models.vis.tracker import Tracker
 

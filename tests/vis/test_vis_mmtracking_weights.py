@@ -20,7 +20,7 @@ from models.vis.mmtracking_weights import (
     convert_mmtracking_masktrack,
     expected_mmtracking_keys,
 )
-from models.vis.track_head import AlignedMultiScaleRoIAlign, multiscale_roi_align
+from models.common.roi_align import AlignedMultiScaleRoIAlign, multiscale_roi_align
 
 CLASSIFIER = "detector.roi_head.bbox_head.fc_cls"
 REGRESSOR = "detector.roi_head.bbox_head.fc_reg"

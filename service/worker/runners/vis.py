@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from models.checkpoints.manifest import Manifest
-from models.vis.model import MaskTrackRCNN
+from models.common.detection import TwoStageDetector
 from models.vis.tracker import Tracker
 from models.vis.video_inference import detection_objects, frame_objects, keep_scores_above
 from service.schemas import DetectedObject
@@ -48,7 +48,7 @@ class DetectorForward(BatchedForward):
 
     device_frames = True  # detect() takes frames on the device: the worker copies them there
 
-    def __init__(self, model: MaskTrackRCNN, name: str):
+    def __init__(self, model: TwoStageDetector, name: str):
         self.model = model.eval()
         self.name = f"{name}-detector"
         self.recent_batches: deque[tuple[str, ...]] = deque(maxlen=256)
