@@ -283,7 +283,10 @@ def segment(
     ] = None,
     render: Annotated[
         Path | None,
-        typer.Option(help="Also write a browser-playable mp4 with masks, ids and labels."),
+        typer.Option(
+            help="Also write a browser-playable mp4 with masks, ids and labels (for an image "
+            "input: a PNG when the path ends in .png, else a one-frame mp4)."
+        ),
     ] = None,
     device: DeviceSetting = None,
     prompt: Annotated[
@@ -367,9 +370,10 @@ def segment(
     if ytvis_out:
         ytvis_out.write_text(json.dumps(ytvis_results_of(result, runner.info.classes)))
     if render:
-        from service.gateway.render import render_video
+        from service.gateway.render import render_file
 
-        render.write_bytes(render_video(video, result.frames, result.fps))
+        as_png = render.suffix.lower() == ".png"
+        render.write_bytes(render_file(video, result.frames, result.fps, as_png))
     written = ", ".join(str(path) for path in (out, davis_out, ytvis_out, render) if path)
     typer.echo(f"{len(result.frames)} frames, {len(result.tracks)} tracks -> {written}")
 

@@ -136,6 +136,26 @@ def _bmp_size(data: bytes) -> tuple[int, int] | None:
 _SIZE_READERS = {"png": _png_size, "jpeg": _jpeg_size, "webp": _webp_size, "bmp": _bmp_size}
 
 
+def is_animated(data: bytes) -> bool:
+    """An animated PNG (an acTL chunk before the first IDAT) or WebP (the VP8X animation flag),
+    from the header alone. The decoder would silently give such a file's first frame."""
+    kind = image_format(data)
+    if kind == "webp":
+        return data[12:16] == b"VP8X" and len(data) > 20 and bool(data[20] & 0x02)
+    if kind != "png":
+        return False
+    pos = 8
+    while pos + 8 <= len(data):  # chunks: length (4), type (4), data, CRC (4)
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        chunk = data[pos + 4 : pos + 8]
+        if chunk == b"acTL":
+            return True
+        if chunk in (b"IDAT", b"IEND"):
+            return False
+        pos += 12 + length
+    return False
+
+
 # --- decoding ------------------------------------------------------------------------------------
 def decode_image(data: bytes, max_width: int, max_height: int, what: str = "frame") -> np.ndarray:
     """JPEG, PNG, WebP or BMP bytes -> (H, W, 3) uint8 RGB, refused (ImageError) when it is not

@@ -1,9 +1,11 @@
-"""An annotated, browser-playable H.264 mp4 of a video's results: masks, track ids, labels."""
+"""An annotated, browser-playable H.264 mp4 of a video's results: masks, track ids, labels; for a
+still image, the one annotated frame as a PNG or a one-frame mp4."""
 
 import tempfile
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 from models.data.draw import Label, draw_labels, id_colour
@@ -36,14 +38,48 @@ def render_frames(video: Path, results: list[FrameResult]) -> np.ndarray:
                 )
             if len(drawn) == len(wanted):
                 break
-    frames = np.stack(drawn)
+    return _even(np.stack(drawn))
+
+
+def _even(frames: np.ndarray) -> np.ndarray:
+    """Cropped to even sizes, as H.264 (yuv420p) needs."""
     _, h, w, _ = frames.shape
     return frames[:, : h - h % 2, : w - w % 2]
 
 
 def render_video(video: Path, results: list[FrameResult], fps: float) -> bytes:
-    frames = render_frames(video, results)
+    return _mp4(render_frames(video, results), fps)
+
+
+def _mp4(frames: np.ndarray, fps: float) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "annotated.mp4"
         write_mp4(out, frames, max(1, round(fps)))
         return out.read_bytes()
+
+
+def render_still(image: np.ndarray, results: list[FrameResult], as_png: bool) -> bytes:
+    """A still image with its results drawn: a PNG of its full size, or a one-frame mp4 (at
+    1 fps; cropped to even sizes)."""
+    labels = frame_labels(results[0]) if results else []
+    drawn = draw_labels(image, labels)
+    if not as_png:
+        return _mp4(_even(drawn[None]), 1)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("the rendered image could not be encoded")
+    return data.tobytes()
+
+
+def render_file(path: Path, results: list[FrameResult], fps: float, as_png: bool) -> bytes:
+    """`vidserve segment --render`: a video's annotated mp4, or an image's drawn as render_still
+    does (the image decoded as the service decodes uploads)."""
+    from service.images import decode_image, image_format
+
+    with path.open("rb") as file:
+        head = file.read(32)
+    if image_format(head) is None:
+        return render_video(path, results, fps)
+    unlimited = 1 << 20  # the segmentation already decoded this image: no limit applies here
+    image = decode_image(path.read_bytes(), unlimited, unlimited, what="the image")
+    return render_still(image, results, as_png)

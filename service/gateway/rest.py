@@ -1,11 +1,15 @@
 """The REST gateway (FastAPI): POST /v1/segment, GET /v1/models, health, readiness, metrics;
 the jobs routes (/v1/jobs: service.gateway.jobs_api) take the same form (`SegmentForm`).
 
+The upload may be a still image (JPEG, PNG, WebP, BMP): it is answered as a one-frame video
+(service.gateway.image_input), and rendered as a PNG or a one-frame mp4.
+
 Every error is RFC 9457 problem+json: 400 bad parameters (a prompt that cannot be read), 404
-unknown model, 406 DAVIS output asked of a model that is not VOS, 413 too large, 415 not a video,
-422 undecodable video or input that does not fit the model (a prompt of another size, an empty
-prompt mask, a prompt frame the video does not have), 429 busy (with Retry-After), 503 no worker or
-session state lost.
+unknown model, 406 DAVIS output asked of a model that is not VOS, 413 too large, 415 neither a
+video nor a still image of a supported format, 422 undecodable video or image, an image too
+small, or input that does not fit the model (a prompt of another size, an empty prompt mask, a
+prompt frame the video does not have), 429 busy (with Retry-After), 503 no worker or session
+state lost.
 """
 
 import asyncio
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
 NDJSON = "application/x-ndjson"
 MP4 = "video/mp4"
+PNG = "image/png"
 
 # The status each worker error code gets over REST.
 HTTP_STATUS = {
@@ -60,9 +65,13 @@ _ERROR_RESPONSES = {
         (400, "Bad parameters or an empty upload"),
         (404, "Unknown model"),
         (406, "DAVIS PNGs (Accept: application/zip) asked of a model that is not VOS"),
-        (413, "Upload, video length or resolution over the limit"),
-        (415, "Not a video"),
-        (422, "Undecodable video, or frames or a prompt that do not fit the model"),
+        (413, "Upload, video length or resolution (of a video or an image) over the limit"),
+        (415, "Neither a video nor a JPEG, PNG, WebP or BMP image (a GIF, an animated image)"),
+        (
+            422,
+            "Undecodable video or image, an image under 16 pixels a side, or frames or a prompt "
+            "that do not fit the model",
+        ),
         (429, "Busy: retry after the Retry-After seconds"),
         (503, "No worker serves the model, or the session's worker died"),
     ]
@@ -104,7 +113,13 @@ class SegmentForm:
 
 
 async def segment_form(
-    video: Annotated[UploadFile, File(description="The video (mp4, mov, mkv, webm, ...)")],
+    video: Annotated[
+        UploadFile,
+        File(
+            description="The video (mp4, mov, mkv, webm, ...) or a still image (JPEG, PNG, WebP, "
+            "BMP: answered as one frame)"
+        ),
+    ],
     model: Annotated[
         str | None, Form(description="Model name; see GET /v1/models", examples=["masktrack"])
     ] = None,
@@ -252,10 +267,11 @@ def create_app(ctx: ServiceContext) -> FastAPI:
         response_model=SegmentResponse,
         responses={
             200: {
-                "content": {NDJSON: {}, MP4: {}, ZIP: {}},
+                "content": {NDJSON: {}, MP4: {}, PNG: {}, ZIP: {}},
                 "description": 'JSON (default); NDJSON lines {"frame": ...} then '
                 '{"summary": ...} with Accept: application/x-ndjson; '
-                "an annotated H.264 mp4 with Accept: video/mp4; "
+                "an annotated H.264 mp4 with Accept: video/mp4 (a one-frame mp4 for an "
+                "image); for an image, the annotated image as a PNG with Accept: image/png; "
                 "DAVIS palette PNGs of every frame (00000.png, ...) in a zip with "
                 "Accept: application/zip (VOS models)",
             },
@@ -366,6 +382,10 @@ async def _answer(
         ctx.metrics.stage_seconds.labels("encode").observe(time.monotonic() - started)
         headers = {"Content-Disposition": 'attachment; filename="davis.zip"'}
         return Response(body, media_type=ZIP, headers=headers)
+    if probe.image is not None and (PNG in accept or MP4 in accept):
+        response = await _rendered_still(probe.image, answer.frames, PNG in accept)
+        ctx.metrics.stage_seconds.labels("encode").observe(time.monotonic() - started)
+        return response
     if MP4 in accept:
         from service.gateway.render import render_video
 
@@ -375,6 +395,15 @@ async def _answer(
     response = JSONResponse(answer.model_dump(mode="json"))
     ctx.metrics.stage_seconds.labels("encode").observe(time.monotonic() - started)
     return response
+
+
+async def _rendered_still(image, frames: list[FrameResult], as_png: bool) -> Response:
+    """An image's results drawn on it: a PNG when asked (image/png wins over video/mp4), else a
+    one-frame mp4. Encoded in a thread, as the image was decoded."""
+    from service.gateway.render import render_still
+
+    body = await asyncio.to_thread(render_still, image, frames, as_png)
+    return Response(body, media_type=PNG if as_png else MP4)
 
 
 async def read_prompt(

@@ -1,10 +1,14 @@
 """Uploaded videos: tell "not a video" (415) from "a video we cannot decode" (422), check the
-limits (413), and decode frames in a thread so the event loop keeps serving other clients."""
+limits (413), and decode frames in a thread so the event loop keeps serving other clients.
+
+A still image (JPEG, PNG, WebP, BMP: told by its leading bytes) is a one-frame video here: its
+probe checks and decodes it (service.gateway.image_input) and carries the pixels, and every
+caller (REST, jobs, gRPC, `vidserve segment`) runs it through the same session code."""
 
 import asyncio
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
@@ -50,6 +54,8 @@ class VideoProbe:
     # The frames to process (after frame_stride and max_frames) as the container's header counts
     # them; 0 when the header says nothing (decoding finds out).
     frames: int = 0
+    # A still image's pixels, decoded by the probe (its one frame); None for a video.
+    image: np.ndarray | None = field(default=None, repr=False)
 
 
 def probe_video(
@@ -63,11 +69,7 @@ def probe_video(
     if not head:
         raise InputError(400, "Empty upload", "the uploaded video is empty (0 bytes)")
     if not looks_like_video_container(head):
-        raise InputError(
-            415,
-            "Not a video",
-            "the upload is not a video container (mp4, mov, mkv, webm, avi, flv, ts, mpeg, ogg)",
-        )
+        return _probe_still(path, head, limits)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -99,6 +101,23 @@ def probe_video(
         )
     return VideoProbe(
         first.width, first.height, fps, _frames_to_process(counted, stride, max_frames)
+    )
+
+
+def _probe_still(path: Path, head: bytes, limits: VideoLimits) -> VideoProbe:
+    """An upload that is not a video container: an image (a one-frame probe), else 415."""
+    # image_input imports this module's types: imported here, not at the top.
+    from service.gateway import image_input
+
+    if image_input.is_image(head):
+        return image_input.probe_image(path, limits)
+    if image_input.is_gif(head):
+        raise image_input.refuse_gif()
+    raise InputError(
+        415,
+        "Not a video",
+        "the upload is not a video container (mp4, mov, mkv, webm, avi, flv, ts, mpeg, ogg) "
+        f"nor an image ({image_input.IMAGE_FORMATS})",
     )
 
 
@@ -159,7 +178,11 @@ async def decode_frames(
 ) -> AsyncIterator[InputFrame]:
     """Frames 0, stride, 2*stride, ... decoded in a thread, handed over through a small buffer
     (so a slow model holds back decoding instead of filling memory). Raises InputError 422 if the
-    video breaks off, 413 if it is longer than the limit."""
+    video breaks off, 413 if it is longer than the limit. A still image: its one frame, which
+    the probe decoded."""
+    if probe.image is not None:
+        yield _still_frame(probe)
+        return
     loop = asyncio.get_running_loop()
     buffer: asyncio.Queue = asyncio.Queue(maxsize=4)
     stop = threading.Event()
@@ -200,6 +223,9 @@ def iter_frames(
     wanted: int,
     enforce_limit: bool,
 ):
+    if probe.image is not None:
+        yield _still_frame(probe)
+        return
     count = 0
     try:
         with av.open(str(path)) as container:
@@ -233,6 +259,11 @@ def iter_frames(
         raise InputError(
             422, "Undecodable video", f"decoding stopped after {count} frames: {_reason(e, path)}"
         ) from None
+
+
+def _still_frame(probe: VideoProbe) -> InputFrame:
+    # Frame 0 at time 0.0 whatever frame_stride and max_frames say: both keep frame 0.
+    return InputFrame(0, 0.0, probe.image)
 
 
 def _reason(error: Exception, path: Path) -> str:

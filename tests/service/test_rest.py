@@ -160,7 +160,7 @@ def zero_frame_video(tmp_path) -> bytes:
     "case, status, words",
     [
         ("text", 415, "not a video"),
-        ("png", 415, "not a video"),
+        ("png", 422, "cannot be decoded"),
         ("truncated", 422, "cannot be decoded"),
         ("zero_frames", 422, "no frames"),
         ("empty", 400, "empty"),
