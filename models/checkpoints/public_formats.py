@@ -12,6 +12,8 @@ and how its state dict converts into ours:
   object is DAVIS's "object".
 - MMTracking's MaskTrack R-CNN for YouTube-VIS 2019: models.vis.mmtracking_weights, detector and
   track head, 40 YouTube-VIS classes.
+- the Cascade Mask R-CNN Swin-B COCO release (Swin-Transformer-Object-Detection):
+  models.instance.swin_weights, the whole detector, COCO's 80 classes.
 
 Family packages are imported when a format is used, so that reading this module costs nothing.
 """
@@ -221,6 +223,32 @@ def _classes_from_meta(meta: Mapping[str, Any]) -> list[str] | None:
     return None
 
 
+# ---- Cascade Mask R-CNN Swin-B (Swin-Transformer-Object-Detection) -------------------------
+
+
+@cache
+def _cascade_swin_keys() -> frozenset[str]:
+    from models.instance.swin_weights import expected_release_keys
+
+    return expected_release_keys()
+
+
+def convert_cascade_swin(
+    state: dict[str, Tensor], meta: Mapping[str, Any], path: Path
+) -> Converted:
+    from models.instance.swin_weights import (
+        RELEASE_CLASSES,
+        convert_release_state_dict,
+        release_architecture,
+    )
+
+    classes = _classes_from_meta(meta)
+    if not classes or len(classes) != RELEASE_CLASSES:
+        classes = coco_80_class_names()  # the same 80 COCO categories, in the same order
+    converted = convert_release_state_dict(state, source=path)
+    return Converted(converted, release_architecture().to_dict(), classes)
+
+
 # ---- shared ---------------------------------------------------------------------------------
 
 
@@ -279,5 +307,16 @@ FORMATS: tuple[PublicFormat, ...] = (
         dataset_fingerprint="mmtracking:masktrack_rcnn_r50_fpn_12e_youtubevis2019",
         expected_keys=_mmtracking_keys,
         convert=convert_mmtracking,
+    ),
+    PublicFormat(
+        key="cascade-mask-rcnn-swin-b-coco",
+        title="Cascade Mask R-CNN Swin-B, COCO (Swin-Transformer-Object-Detection, 3x, 4conv1f)",
+        family="instance",
+        default_name="cascade-swin-b",
+        dataset_fingerprint=(
+            "swin-transformer-object-detection:cascade_mask_rcnn_swin_base_patch4_window7:coco"
+        ),
+        expected_keys=_cascade_swin_keys,
+        convert=convert_cascade_swin,
     ),
 )

@@ -10,7 +10,11 @@ and 'pool' (stride 64), `out_channels` each.
 Registered sizes: 'swin_t', 'swin_s', 'swin_b' (the published configurations, window 7) and
 'swin_small' (the CPU-sized one that we train here: 32 channels, depths 2-2-2-2).
 
-The release's parameter names map onto these through models.instance.swin_weights.
+The release's parameter names map onto these through models.instance.swin_weights. One
+difference in computation: where a stage's padded feature map is a single 7x7 window in a
+dimension, torchvision does not shift the window and the release's code does; so the two agree
+wherever every stage is larger than that (checked at 256x320 and 480x640 against the release's own
+code): the release's 800x1333 and our small model's 320x240 (padded to 320x256) are.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Defaults are the released Cascade Mask R-CNN Swin-B (Swin-Transformer-Object-Det
 cascade_mask_rcnn_swin_base_patch4_window7_mstrain_480-800_giou_4conv1f_adamw_3x_coco): 80
 classes; RPN nms_pre 2000 / max 2000 in training, 1000 / 1000 at test, NMS 0.7, 256 sampled
 anchors; three stages with IoU 0.5 / 0.6 / 0.7, loss weights 1 / 0.5 / 0.25, box-coder standard
-deviations 0.1-0.2, 0.05-0.1, 0.033-0.067 (torchvision weights are their inverses); 4conv1fc box
+deviations 0.1-0.2, 0.05-0.1, 0.033-0.067 (torchvision's weights: their inverses); 4conv1fc box
 heads with batch norm, 512 sampled RoIs a stage, class-specific regression with a GIoU loss
 (weight 10); at test score threshold 0.05, NMS 0.5, 100 detections; mask threshold 0.5.
 """
@@ -17,12 +17,15 @@ from typing import Any
 from models.common.config import require
 from models.common.detection import DetectorConfig
 
-# torchvision's BoxCoder weights of each stage: 1 / MMDetection's target_stds.
-RELEASE_BOX_WEIGHTS = (
-    (10.0, 10.0, 5.0, 5.0),
-    (20.0, 20.0, 10.0, 10.0),
-    (30.0, 30.0, 15.0, 15.0),
+# The release's DeltaXYWHBBoxCoder target_stds of its three stages (its config, verbatim), and
+# torchvision's BoxCoder weights that decode the same: their inverses, exactly (1 / 0.033 is
+# 30.30, not 30: rounded weights would move stage-3 boxes by about 1%).
+RELEASE_TARGET_STDS = (
+    (0.1, 0.1, 0.2, 0.2),
+    (0.05, 0.05, 0.1, 0.1),
+    (0.033, 0.033, 0.067, 0.067),
 )
+RELEASE_BOX_WEIGHTS = tuple(tuple(1.0 / std for std in stage) for stage in RELEASE_TARGET_STDS)
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,13 @@ from mmtracking_fixtures import (
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
 from models.checkpoints import CheckpointError
+from models.common.roi_align import AlignedMultiScaleRoIAlign, multiscale_roi_align
 from models.vis import VisConfig, build_masktrack_rcnn
 from models.vis.mmtracking_weights import (
     YOUTUBE_VIS_2019_CLASSES,
     convert_mmtracking_masktrack,
     expected_mmtracking_keys,
 )
-from models.common.roi_align import AlignedMultiScaleRoIAlign, multiscale_roi_align
 
 CLASSIFIER = "detector.roi_head.bbox_head.fc_cls"
 REGRESSOR = "detector.roi_head.bbox_head.fc_reg"
