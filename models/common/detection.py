@@ -239,5 +239,17 @@ def probe_detector(model: TwoStageDetector) -> list[FrameDetections]:
     return model.detect([frame.to(model.device)], min_score=0.0)
 
 
+def keep_min_score(
+    boxes: list[Tensor], scores: list[Tensor], labels: list[Tensor], min_score: float | None
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Each image's detections scoring at least min_score (all when None). The same result as
+    filtering afterwards: NMS and the top-k cut only ever let a box be removed by a higher-scoring
+    one; done before the mask (and track) heads, which then cost in proportion to what is kept."""
+    if min_score is None:
+        return boxes, scores, labels
+    keep = [image_scores >= min_score for image_scores in scores]
+    return tuple(select_per_image(values, keep) for values in (boxes, scores, labels))
+
+
 def select_per_image(per_image: list[Tensor], keep: list[Tensor]) -> list[Tensor]:
     return [values[mask] for values, mask in zip(per_image, keep, strict=True)]

@@ -17,9 +17,9 @@ from torchvision.models.detection.image_list import ImageList
 from models.common.detection import (
     TwoStageDetector,
     detector_backbone,
+    keep_min_score,
     probe_detector,
     region_proposal_network,
-    select_per_image,
 )
 from models.common.detections import FrameDetections
 from models.common.image import Frame
@@ -51,10 +51,7 @@ class CascadeMaskRCNN(TwoStageDetector):
         features = self.backbone(images)
         proposals, _ = self.rpn(ImageList(images, image_sizes), features)
         boxes, scores, labels = self.roi_heads.detect_boxes(features, proposals, image_sizes)
-        if min_score is not None:
-            keep = [image_scores >= min_score for image_scores in scores]
-            boxes, labels = select_per_image(boxes, keep), select_per_image(labels, keep)
-            scores = select_per_image(scores, keep)
+        boxes, scores, labels = keep_min_score(boxes, scores, labels, min_score)
         mask_probs = self.roi_heads.mask_probs(features, boxes, labels, image_sizes)
         return [
             {

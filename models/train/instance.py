@@ -9,7 +9,6 @@ other families' are.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,16 +22,13 @@ from models.instance.config import InstanceConfig
 from models.instance.model import FAMILY, CascadeMaskRCNN, build_cascade_mask_rcnn
 from models.train.distributed import Drawn, on_main_rank, prepare_model, process_group
 from models.train.loop import (
-    LoopResult,
     TrainRun,
     batch_stream,
     prepare_run,
-    publish_run,
     run_loop,
     seed_everything,
-    training_record,
 )
-from models.train.vis import dataset_fingerprint, locate_ytvis, split_videos
+from models.train.vis import locate_ytvis, split_videos, validate_and_publish
 from models.train.vis_data import FrameSample, VisPairDataset, read_rgb
 
 log = logging.getLogger(__name__)
@@ -107,46 +103,18 @@ def _train_instance(cfg: InstanceTrainConfig) -> Path | None:
         model, optimizer, batches, losses, loop_cfg, start, description="train instance"
     )
     return on_main_rank(
-        lambda: _validate_and_publish(
-            cfg, model, ann, class_names, val_set, result, start, train_ids
-        )
-    )
-
-
-def _validate_and_publish(
-    cfg: InstanceTrainConfig,
-    model: CascadeMaskRCNN,
-    ann: Path,
-    class_names: list[str],
-    val_set: tuple,
-    result: LoopResult,
-    start: int,
-    train_ids: set[int],
-) -> Path:
-    model.eval()
-    started = time.monotonic()
-    metrics = evaluate_instance_model(model, *val_set) if val_set[1] else {}
-    seconds = time.monotonic() - started
-    log.info("validation: %s", metrics)
-    return publish_run(
-        cfg.store,
-        cfg.redis_url,
-        model,
-        FAMILY,
-        cfg.name,
-        architecture=model.architecture(),
-        class_names=class_names,
-        metrics=metrics,
-        dataset_fingerprint=dataset_fingerprint(cfg.data, ann),
-        training=training_record(
+        lambda: validate_and_publish(
+            cfg,
+            model,
+            FAMILY,
+            evaluate_instance_model,
+            ann,
+            class_names,
+            val_set,
             result,
             start,
-            model,
-            cfg,
-            validation_seconds=round(seconds, 1),
-            validation_videos=len(val_set[1]),
-            train_videos=len(train_ids),
-        ),
+            len(train_ids),
+        )
     )
 
 

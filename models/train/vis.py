@@ -107,16 +107,22 @@ def _train_vis(cfg: VisTrainConfig) -> Path | None:
     )
     loss_fn = PairLosses(model, cfg.seed)
     result = run_loop(model, optimizer, batches, loss_fn, loop_cfg, start, description="train vis")
+
+    def evaluate(model, data, video_ids):
+        return evaluate_vis_model(model, data, video_ids, class_names)
+
     return on_main_rank(
-        lambda: _validate_and_publish(
-            cfg, model, ann, class_names, val_set, result, start, len(train_ids)
+        lambda: validate_and_publish(
+            cfg, model, "vis", evaluate, ann, class_names, val_set, result, start, len(train_ids)
         )
     )
 
 
-def _validate_and_publish(
-    cfg: VisTrainConfig,
-    model: MaskTrackRCNN,
+def validate_and_publish(
+    cfg: TrainRun,
+    model,
+    family: str,
+    evaluate,
     ann: Path,
     class_names: list[str],
     val_set: tuple,
@@ -124,16 +130,18 @@ def _validate_and_publish(
     start: int,
     train_videos: int,
 ) -> Path:
+    """What the YouTube-VIS-trained families do after the loop (rank 0): `evaluate(model,
+    dataset, video ids)` on the held-out videos, then publish with the run's record."""
     model.eval()
     eval_started = time.monotonic()
-    metrics = evaluate_vis_model(model, *val_set, class_names) if val_set[1] else {}
+    metrics = evaluate(model, *val_set) if val_set[1] else {}
     eval_seconds = time.monotonic() - eval_started
     log.info("validation: %s", metrics)
     return publish_run(
         cfg.store,
         cfg.redis_url,
         model,
-        "vis",
+        family,
         cfg.name,
         architecture=model.architecture(),
         class_names=class_names,

@@ -26,12 +26,12 @@ from models.common.detection import (
     anchor_generator,
     box_head,
     detector_backbone,
+    keep_min_score,
     mask_head,
     mask_predictor,
     probe_detector,
     region_proposal_network,
     roi_pool,
-    select_per_image,
 )
 from models.common.detections import FrameDetections
 from models.common.image import Frame
@@ -81,12 +81,7 @@ class MaskTrackRCNN(TwoStageDetector):
         features = self.backbone(images)
         proposals, _ = self.rpn(ImageList(images, image_sizes), features)
         boxes, scores, labels = self._detect_boxes(features, proposals, image_sizes)
-        if min_score is not None:
-            # Same result as filtering afterwards: NMS and the top-k cut only ever let a box be
-            # removed by a higher-scoring one.
-            keep = [image_scores >= min_score for image_scores in scores]
-            boxes, labels = select_per_image(boxes, keep), select_per_image(labels, keep)
-            scores = select_per_image(scores, keep)
+        boxes, scores, labels = keep_min_score(boxes, scores, labels, min_score)
         mask_probs = self._mask_probs(features, boxes, labels, image_sizes)
         embeddings = self.track_head(features, boxes, image_sizes).split([len(b) for b in boxes])
         return [
