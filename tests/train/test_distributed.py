@@ -55,8 +55,13 @@ def test_two_processes_take_the_single_process_steps(runs, family):
     single, ddp = (losses(runs / label / family / "work") for label in ("single", "ddp"))
     # Steps 0..STEPS-1, then step STEPS of the resumed run.
     assert sorted(single) == sorted(ddp) == list(range(STEPS + 1))
+    # The first two steps to 1e-4: the shards, the gradient averaging and the first update. The
+    # resumed step to 1e-3: after two AdamW updates, the elements whose true gradient is about
+    # zero (see below) have taken rounding-sized noise as full steps, and how large that noise is
+    # depends on the CPU's vector width: 6e-5 apart here, 1.5e-4 on a CI machine.
     for step in range(STEPS + 1):
-        assert ddp[step] == pytest.approx(single[step], rel=1e-4), (family, step)
+        rel = 1e-4 if step < STEPS else 1e-3
+        assert ddp[step] == pytest.approx(single[step], rel=rel), (family, step)
     # The steps trained: the weights moved, so the later losses compared are not the first's.
     assert len({round(v, 6) for v in single.values()}) == STEPS + 1
 
@@ -70,8 +75,10 @@ def test_rank_zero_publishes_the_weights_one_process_trains(runs, family):
     residual branches start as zero; VOS's conv biases just before a batch norm, and its key
     projection's bias, which L2 affinities cancel) rounding noise is the gradient, and AdamW
     scales it to a full-size step; summing a batch norm's statistics over two shards rounds
-    differently from one sum. So: 98% of the elements to 1e-3, none off by more than the few
-    learning-rate-sized steps of the run. Biases and running means are not compared."""
+    differently from one sum. So: 90% of the elements to 1e-3 (99% on this project's machines,
+    94% on a CI machine with another CPU), none off by more than the few learning-rate-sized steps
+    of the run; a shard trained twice or not at all moves nearly every element. Biases and running
+    means are not compared."""
     for label in ("single", "ddp"):
         versions = list((runs / label / family / "store").glob(f"{family}/*/*"))
         assert len(versions) == 1, (label, versions)
@@ -84,7 +91,7 @@ def test_rank_zero_publishes_the_weights_one_process_trains(runs, family):
     assert len(weights) > 50
     apart = torch.cat([(ddp[n] - single[n]).abs().flatten() for n in weights])
     scale = torch.cat([single[n].abs().flatten() for n in weights])
-    assert (apart <= 1e-5 + 1e-3 * scale).float().mean() >= 0.98
+    assert (apart <= 1e-5 + 1e-3 * scale).float().mean() >= 0.9
     assert apart.max() < 0.01
 
 
