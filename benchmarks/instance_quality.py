@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +23,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.served import served  # noqa: E402
 from models.data.synthetic.export import generate_dataset  # noqa: E402
 from models.data.synthetic.world import WorldConfig  # noqa: E402
 from models.data.ytvis import load_ytvis  # noqa: E402
@@ -93,45 +91,6 @@ def score_model(url: str, model: str, videos: dict, categories: dict, gt: dict) 
     seconds = (time.monotonic() - started) / len(videos)
     metrics = dict(evaluate_instances(gt, results).metrics)
     return {"metrics": metrics, "detections": len(results), "seconds_per_video": seconds}
-
-
-class served:
-    """`vidserve serve --store store` on free ports while the block runs; yields its URL."""
-
-    def __init__(self, store: Path):
-        self.store = store
-
-    def __enter__(self) -> str:
-        port, grpc_port = _free_port(), _free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--store", str(self.store)]
-            + ["--port", str(port), "--grpc-port", str(grpc_port)],
-            cwd=ROOT,
-            env={**os.environ, "VIDSERVE_HOST": "127.0.0.1"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    return url
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.__exit__()
-        raise RuntimeError("vidserve serve did not become ready")
-
-    def __exit__(self, *exc) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":
