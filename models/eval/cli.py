@@ -34,7 +34,9 @@ def eval_command(
         Path,
         typer.Option(
             help="Predictions in the matching format (for vos a "
-            "folder of <video>/<frame>.png palette masks)."
+            "folder of <video>/<frame>.png palette masks; for panoptic also the service's "
+            "answers as they come: a POST /v1/segment JSON or its application/zip, or a folder "
+            "of them named <video>.json / <video>.zip)."
         ),
     ],
     json_out: Annotated[

@@ -10,8 +10,18 @@ occur (TP + FP + FN > 0), for all categories, things and stuff.
 
 Segment areas are counted on the PNGs (panopticapi takes the ground truth's from its JSON; the
 two agree for any consistent dataset).
+
+Predictions are a COCO panoptic JSON (+ PNG folder), or the service's answers as they come
+(evaluate_answers): a POST /v1/segment JSON or its `Accept: application/zip`, one per video,
+named `<video>.json` / `<video>.zip` (a file, or a folder of them; a single answer against a
+single-video ground truth may have any name). A ground-truth image belongs to the video and frame
+its `images` entry names (`video`, `frame_index`, as the synthetic world writes them); an image
+without them is a one-frame video named like its file (a still image answered alone).
+Categories are matched by name.
 """
 
+import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,8 +134,11 @@ def evaluate_panoptic_files(
 
     dataset = load_coco_panoptic(gt_json, gt_png_root)
     categories = {c.id: c.isthing for c in dataset.categories.values()}
+    data = None if _is_answer_file(pred_json) else read_json(pred_json)
+    if data is None or (isinstance(data, dict) and "frames" in data):
+        return evaluate_answers(dataset, read_json(gt_json), pred_json)
     pred_png_root = Path(pred_png_root) if pred_png_root else Path(pred_json).with_suffix("")
-    predictions = _parse_predictions(read_json(pred_json), {im.id for im in dataset.images})
+    predictions = _parse_predictions(data, {im.id for im in dataset.images})
     if not predictions:
         return EvalResult("panoptic", dict.fromkeys(METRIC_NAMES, 0.0))
     missing = [im.id for im in dataset.images if im.id not in predictions]
@@ -245,13 +258,7 @@ def _count_file_image(
     image, prediction: dict, pred_png_root: Path, categories: dict[int, bool]
 ) -> PqCounts:
     where = f"prediction for image {image.id}"
-    gt = Segments(
-        read_id_png(
-            image.png_path, (image.height, image.width), f"ground truth of image {image.id}"
-        ),
-        {s.id: s.category_id for s in image.segments},
-        {s.id: bool(s.iscrowd) for s in image.segments},
-    )
+    gt = _gt_segments(image)
     path = pred_png_root / prediction["file_name"]
     category = {int(s["id"]): s["category_id"] for s in prediction["segments_info"]}
     if VOID in category:
@@ -260,6 +267,151 @@ def _count_file_image(
     counts = PqCounts()
     count_image(gt, pred, counts, categories, where)
     return counts
+
+
+def _gt_segments(image) -> Segments:
+    return Segments(
+        read_id_png(
+            image.png_path, (image.height, image.width), f"ground truth of image {image.id}"
+        ),
+        {s.id: s.category_id for s in image.segments},
+        {s.id: bool(s.iscrowd) for s in image.segments},
+    )
+
+
+# --- the service's answers ------------------------------------------------------------------------
+# An answer's frames: frame index -> (segment ids, {segment id: category name}).
+AnswerFrames = dict[int, tuple[np.ndarray, dict[int, str]]]
+
+
+def evaluate_answers(dataset, gt_data: dict, pred: Path | str) -> EvalResult:
+    """PQ of the service's answers (see the module's docstring) against a loaded COCO panoptic
+    ground truth (`gt_data`: its raw JSON, for the images' video and frame index)."""
+    categories = {c.id: c.isthing for c in dataset.categories.values()}
+    id_of = {c.name: c.id for c in dataset.categories.values()}
+    places = _image_places(gt_data)
+    videos = sorted({video for video, _ in places.values()})
+    answers = _answers_by_video(Path(pred), videos)
+    counts = PqCounts()
+    for image in dataset.images:
+        video, frame_index = places[image.id]
+        where = f"answer for video {video!r} frame {frame_index}"
+        frame = answers[video].get(frame_index)
+        if frame is None:
+            raise EvalInputError(f"{where}: the answer has no frame {frame_index}")
+        ids, names = frame
+        pred = Segments(ids, {k: _category_id(id_of, name, where) for k, name in names.items()})
+        count_image(_gt_segments(image), pred, counts, categories, where)
+    return EvalResult("panoptic", pq_metrics(counts, categories))
+
+
+def _is_answer_file(path: Path | str) -> bool:
+    return Path(path).is_dir() or Path(path).suffix.lower() == ".zip"
+
+
+def _image_places(gt_data: dict) -> dict[int, tuple[str, int]]:
+    """Ground-truth image id -> (video, frame index)."""
+    places = {}
+    for info in gt_data["images"]:
+        if "video" in info and "frame_index" in info:
+            places[int(info["id"])] = (str(info["video"]), int(info["frame_index"]))
+        else:
+            places[int(info["id"])] = (Path(str(info["file_name"])).stem, 0)
+    return places
+
+
+def _answers_by_video(pred: Path, videos: list[str]) -> dict[str, AnswerFrames]:
+    """Every video's answer; a lone answer file serves a lone video whatever its name."""
+    files = sorted(p for p in pred.iterdir() if _is_answer(p)) if pred.is_dir() else [pred]
+    if not files:
+        raise EvalInputError(f"{pred}: no answers (<video>.json or <video>.zip) in the folder")
+    if len(files) == 1 and len(videos) == 1 and not pred.is_dir():
+        return {videos[0]: read_answer(files[0])}
+    by_name = {f.stem: f for f in files}
+    missing = [v for v in videos if v not in by_name]
+    if missing:
+        raise EvalInputError(
+            f"{pred}: no answer for video {missing[0]!r} ({len(missing)} videos without one; "
+            "name each answer <video>.json or <video>.zip)"
+        )
+    return {video: read_answer(by_name[video]) for video in videos}
+
+
+def _is_answer(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in (".json", ".zip")
+
+
+def read_answer(path: Path) -> AnswerFrames:
+    """One answer of the service: its JSON (SegmentResponse) or its COCO panoptic zip."""
+    if path.suffix.lower() == ".zip":
+        return _read_answer_zip(path)
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("frames"), list):
+        raise EvalInputError(f"{path}: not an answer of POST /v1/segment (no 'frames')")
+    return {
+        int(frame["frame_index"]): _frame_ids(frame, (data["height"], data["width"]), path)
+        for frame in data["frames"]
+    }
+
+
+def _frame_ids(frame: dict, size: tuple[int, int], path: Path) -> tuple[np.ndarray, dict]:
+    from models.data.rle import decode_rle
+
+    ids = np.zeros(size, dtype=np.int64)
+    names = {}
+    for segment in frame.get("segments", []):
+        try:
+            mask = decode_rle(segment["mask"]).astype(bool)
+        except (KeyError, TypeError, ValueError) as error:
+            raise EvalInputError(
+                f"{path}: frame {frame['frame_index']} segment {segment.get('id')}: bad mask "
+                f"({error})"
+            ) from None
+        if mask.shape != size or (ids[mask] != VOID).any():
+            raise EvalInputError(
+                f"{path}: frame {frame['frame_index']} segment {segment['id']}: its mask is "
+                "not the frame's size or overlaps another segment"
+            )
+        ids[mask] = int(segment["id"])
+        names[int(segment["id"])] = str(segment["category"])
+    return ids, names
+
+
+def _read_answer_zip(path: Path) -> AnswerFrames:
+    """The zip of `Accept: application/zip`: a COCO panoptic JSON and its PNGs, read as written
+    (models.data.coco_panoptic); a frame's index is its PNG's name."""
+    from models.data.coco_panoptic import load_coco_panoptic
+    from models.data.errors import DatasetError
+
+    with tempfile.TemporaryDirectory(prefix="vidserve-eval-") as tmp:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.extractall(tmp)
+        except zipfile.BadZipFile as error:
+            raise EvalInputError(f"{path}: not a zip ({error})") from None
+        jsons = sorted(Path(tmp).glob("*.json"))
+        if len(jsons) != 1:
+            raise EvalInputError(f"{path}: expected one COCO panoptic JSON at the zip's root")
+        try:
+            answer = load_coco_panoptic(jsons[0])
+            names = {c.id: c.name for c in answer.categories.values()}
+            return {
+                int(Path(image.file_name).stem): (
+                    image.load_ids(),
+                    {s.id: names[s.category_id] for s in image.segments},
+                )
+                for image in answer.images
+            }
+        except DatasetError as error:
+            raise EvalInputError(f"{path}: {error}") from None
+
+
+def _category_id(id_of: dict[str, int], name: str, where: str) -> int:
+    if name not in id_of:
+        raise EvalInputError(
+            f"{where}: category {name!r} is not in the ground truth ({', '.join(id_of)})"
+        )
+    return id_of[name]
 
 
 def read_id_png(path: Path, size: tuple[int, int], what: str) -> np.ndarray:

@@ -1,7 +1,9 @@
 """An annotated, browser-playable H.264 mp4 of a video's results: masks, track ids, labels; for a
-still image, the one annotated frame as a PNG or a one-frame mp4."""
+still image, the one annotated frame as a PNG or a one-frame mp4. Panoptic segments: stuff is
+filled translucent in its category's colour, things are outlined in their own colour."""
 
 import tempfile
+import zlib
 from pathlib import Path
 
 import av
@@ -11,7 +13,10 @@ import numpy as np
 from models.data.draw import Label, draw_labels, id_colour
 from models.data.rle import decode_rle
 from models.data.video import write_mp4
-from service.schemas import FrameResult
+from service.schemas import FrameResult, Segment
+
+STUFF_OPACITY = 0.45
+OUTLINE_PX = 2
 
 
 def frame_labels(result: FrameResult) -> list[Label]:
@@ -26,6 +31,45 @@ def frame_labels(result: FrameResult) -> list[Label]:
     return labels
 
 
+def draw_result(image: np.ndarray, result: FrameResult) -> np.ndarray:
+    """One frame's results drawn on a copy of it: its panoptic segments, then its objects."""
+    drawn = draw_segments(image, result.segments) if result.segments else image
+    return draw_labels(drawn, frame_labels(result))
+
+
+def draw_segments(image: np.ndarray, segments: list[Segment]) -> np.ndarray:
+    """Stuff filled translucent in its category's colour (the same in every frame); things
+    outlined in the colour of their track id (else segment id), labelled at their top left."""
+    masks = [(segment, decode_rle(segment.mask.model_dump()).astype(bool)) for segment in segments]
+    overlay = image.copy()
+    for segment, mask in masks:
+        if not segment.isthing:
+            overlay[mask] = category_colour(segment.category)
+    out = cv2.addWeighted(overlay, STUFF_OPACITY, image, 1 - STUFF_OPACITY, 0)
+    for segment, mask in masks:
+        if segment.isthing and mask.any():
+            _outline(out, segment, mask)
+    return out
+
+
+def category_colour(category: str) -> tuple[int, int, int]:
+    return id_colour(zlib.crc32(category.encode()))
+
+
+def _outline(out: np.ndarray, segment: Segment, mask: np.ndarray) -> None:
+    key = segment.track_id if segment.track_id is not None else segment.id
+    colour = id_colour(key)
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    cv2.drawContours(out, contours, -1, colour, OUTLINE_PX)
+    ys, xs = np.nonzero(mask)
+    org = (int(xs.min()), max(int(ys.min()) - 4, 10))
+    text = f"{key} {segment.category} {segment.score:.2f}"
+    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+
+
 def render_frames(video: Path, results: list[FrameResult]) -> np.ndarray:
     """The frames that have results, with the results drawn on them (even sizes for H.264)."""
     wanted = {r.frame_index: r for r in results}
@@ -33,9 +77,7 @@ def render_frames(video: Path, results: list[FrameResult]) -> np.ndarray:
     with av.open(str(video)) as container:
         for index, frame in enumerate(container.decode(video=0)):
             if index in wanted:
-                drawn.append(
-                    draw_labels(frame.to_ndarray(format="rgb24"), frame_labels(wanted[index]))
-                )
+                drawn.append(draw_result(frame.to_ndarray(format="rgb24"), wanted[index]))
             if len(drawn) == len(wanted):
                 break
     return _even(np.stack(drawn))
@@ -61,8 +103,7 @@ def _mp4(frames: np.ndarray, fps: float) -> bytes:
 def render_still(image: np.ndarray, results: list[FrameResult], as_png: bool) -> bytes:
     """A still image with its results drawn: a PNG of its full size, or a one-frame mp4 (at
     1 fps; cropped to even sizes)."""
-    labels = frame_labels(results[0]) if results else []
-    drawn = draw_labels(image, labels)
+    drawn = draw_result(image, results[0]) if results else image
     if not as_png:
         return _mp4(_even(drawn[None]), 1)
     ok, data = cv2.imencode(".png", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))

@@ -5,7 +5,8 @@ The upload may be a still image (JPEG, PNG, WebP, BMP): it is answered as a one-
 (service.gateway.image_input), and rendered as a PNG or a one-frame mp4.
 
 Every error is RFC 9457 problem+json: 400 bad parameters (a prompt that cannot be read), 404
-unknown model, 406 DAVIS output asked of a model that is not VOS, 413 too large, 415 neither a
+unknown model, 406 an `Accept` the model cannot answer (service.gateway.media: a zip of a
+model that is neither VOS nor panoptic, an unknown media type), 413 too large, 415 neither a
 video nor a still image of a supported format, 422 undecodable video or image, an image too
 small, or input that does not fit the model (a prompt of another size, an empty prompt mask, a
 prompt frame the video does not have), 429 busy (with Retry-After), 503 no worker or session
@@ -32,6 +33,7 @@ from starlette.background import BackgroundTask
 
 from service.gateway.context import ServiceContext
 from service.gateway.guard import MULTIPART_OVERHEAD, Guard
+from service.gateway.media import MP4, NDJSON, PNG, ZIP, NotAcceptable, acceptable
 from service.gateway.pipeline import Busy, SessionError, run_session
 from service.gateway.prompts import VideoPrompt, attach_prompt, read_video_prompt
 from service.gateway.video_input import InputError, VideoLimits, decode_frames, probe_video
@@ -40,14 +42,12 @@ from service.queue.messages import ErrorCode
 from service.schemas import Event, FrameResult, SegmentResponse, build_response
 from service.settings import api_keys
 from service.worker.runner import ModelInfo
-from service.writers.davis import ZIP, davis_zip
+from service.writers.coco_panoptic import coco_panoptic_zip
+from service.writers.davis import davis_zip
 
 log = logging.getLogger(__name__)
 
 PROBLEM = "application/problem+json"
-NDJSON = "application/x-ndjson"
-MP4 = "video/mp4"
-PNG = "image/png"
 
 # The status each worker error code gets over REST.
 HTTP_STATUS = {
@@ -64,7 +64,11 @@ _ERROR_RESPONSES = {
     for status, text in [
         (400, "Bad parameters or an empty upload"),
         (404, "Unknown model"),
-        (406, "DAVIS PNGs (Accept: application/zip) asked of a model that is not VOS"),
+        (
+            406,
+            "An Accept the model cannot answer: a zip (DAVIS PNGs of VOS models, COCO "
+            "panoptic PNGs and JSON of panoptic models) of another model, an unknown type",
+        ),
         (413, "Upload, video length or resolution (of a video or an image) over the limit"),
         (415, "Neither a video nor a JPEG, PNG, WebP or BMP image (a GIF, an animated image)"),
         (
@@ -272,8 +276,9 @@ def create_app(ctx: ServiceContext) -> FastAPI:
                 '{"summary": ...} with Accept: application/x-ndjson; '
                 "an annotated H.264 mp4 with Accept: video/mp4 (a one-frame mp4 for an "
                 "image); for an image, the annotated image as a PNG with Accept: image/png; "
-                "DAVIS palette PNGs of every frame (00000.png, ...) in a zip with "
-                "Accept: application/zip (VOS models)",
+                "with Accept: application/zip, VOS models: DAVIS palette PNGs of every "
+                "frame (00000.png, ...) in a zip; panoptic models: COCO panoptic PNGs and "
+                "their JSON (panoptic.json, panoptic/video/00000.png, ...) in a zip",
             },
             **_ERROR_RESPONSES,
         },
@@ -284,11 +289,10 @@ def create_app(ctx: ServiceContext) -> FastAPI:
         accept: Annotated[str | None, Header()] = None,
     ):
         info = await served_model(ctx, form.model)
-        name = info.name
-        if ZIP in (accept or "") and info.task != "vos":
-            return problem(
-                406, "Not acceptable", f"DAVIS PNGs are written for VOS models; '{name}' is not"
-            )
+        try:
+            answer_types = acceptable(accept, info.task)
+        except NotAcceptable as error:
+            return problem(406, "Not acceptable", f"model '{info.name}': {error.detail}")
         video_prompt = await read_prompt(ctx, info, form)
         reservation = ctx.admission.acquire()  # Busy -> 429
         cleanup = Cleanup(reservation)
@@ -298,11 +302,11 @@ def create_app(ctx: ServiceContext) -> FastAPI:
                 request,
                 ctx,
                 cleanup,
-                name,
+                info,
                 form.options,
                 form.frame_stride,
                 form.max_frames,
-                accept or "",
+                answer_types,
                 video_prompt,
             )
             cleanup.handed_over = isinstance(response, StreamingResponse)
@@ -344,13 +348,15 @@ async def _answer(
     request,
     ctx: ServiceContext,
     cleanup: Cleanup,
-    name: str,
+    info: ModelInfo,
     options: dict,
     stride: int,
     max_frames: int | None,
-    accept: str,
+    accept: list[str],
     prompt: VideoPrompt | None = None,
 ):
+    """The answer in the first of the `accept` media types (service.gateway.media) that fits:
+    image/png only for an image upload, else the next."""
     limits = video_limits(ctx)
     started = time.monotonic()
     probe = await asyncio.to_thread(probe_video, cleanup.upload, limits, stride, max_frames)
@@ -360,7 +366,7 @@ async def _answer(
     frames = attach_prompt(decode_frames(cleanup.upload, probe, limits, stride, max_frames), prompt)
     results = run_session(
         ctx.transport,
-        name,
+        info.name,
         options,
         frames,
         ctx.admission.window,
@@ -378,9 +384,13 @@ async def _answer(
     started = time.monotonic()
     answer = _response(events, probe)
     if ZIP in accept:
-        body = davis_zip(answer.frames, probe.height, probe.width)
+        if info.task == "panoptic":
+            body = await asyncio.to_thread(coco_panoptic_zip, answer, info.classes)
+        else:
+            body = davis_zip(answer.frames, probe.height, probe.width)
         ctx.metrics.stage_seconds.labels("encode").observe(time.monotonic() - started)
-        headers = {"Content-Disposition": 'attachment; filename="davis.zip"'}
+        filename = "panoptic.zip" if info.task == "panoptic" else "davis.zip"
+        headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
         return Response(body, media_type=ZIP, headers=headers)
     if probe.image is not None and (PNG in accept or MP4 in accept):
         response = await _rendered_still(probe.image, answer.frames, PNG in accept)

@@ -10,8 +10,14 @@ COCO panoptic API (and models.data.coco_panoptic, models.eval.panoptic) reads.
 - `image_id`: the frame index, or the id a {frame index: image id} mapping gives (frames it
   lacks are left out); category ids: the 1-based positions in the model's class list (things
   and stuff) unless a {name: id} mapping is given; `categories` lists those the segments use.
+
+REST answers them zipped (`Accept: application/zip`, coco_panoptic_zip): `panoptic.json` and
+`panoptic/<video>/<frame>.png`, so that the unpacked folder reads back as written.
 """
 
+import io
+import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -96,3 +102,22 @@ def write_coco_panoptic_results(
     extra = {im.id: {"video": video, "frame_index": int(Path(im.file_name).stem)} for im in images}
     write_coco_panoptic(json_file, images, categories, png_root, extra)
     return len(images)
+
+
+ZIP_JSON = "panoptic.json"  # its PNGs under panoptic/, the folder named like it
+
+
+def coco_panoptic_zip(
+    response: SegmentResponse, classes: Sequence[str] | Mapping[str, int], video: str = "video"
+) -> bytes:
+    """write_coco_panoptic_results' JSON and PNGs in a zip (stored: PNGs are compressed
+    already), relative to its root: `panoptic.json`, `panoptic/<video>/<frame:05d>.png`."""
+    buffer = io.BytesIO()
+    with tempfile.TemporaryDirectory(prefix="vidserve-panoptic-") as tmp:
+        root = Path(tmp)
+        write_coco_panoptic_results(root / ZIP_JSON, response, classes, video=video)
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            archive.write(root / ZIP_JSON, ZIP_JSON)
+            for png in sorted(root.rglob("*.png")):
+                archive.write(png, png.relative_to(root).as_posix())
+    return buffer.getvalue()

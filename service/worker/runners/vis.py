@@ -6,11 +6,13 @@ One checkpoint serves two models that share the weights and the detector's batch
 stateless, no track ids). A pipeline that starts with `<name>` shares them too.
 """
 
+from abc import abstractmethod
 from collections import deque
 from dataclasses import dataclass
 
+from torch import nn
+
 from models.checkpoints.manifest import Manifest
-from models.common.detection import TwoStageDetector
 from models.vis.tracker import Tracker
 from models.vis.video_inference import detection_objects, frame_objects, keep_scores_above
 from service.schemas import DetectedObject
@@ -40,26 +42,39 @@ class VisSession(DetectorSession):
     frame_size: tuple[int, int] | None = None  # (H, W) of the first frame; later frames must match
 
 
-class DetectorForward(BatchedForward):
-    """The detector over the frames of a batch; reads each session's threshold, nothing else.
+class FrameForward(BatchedForward):
+    """One model's pass over the frames of a batch, whatever their sessions (the per-frame
+    families share it: detectors, MaskFormer). `recent_batches` keeps the session ids of the last
+    passes (to see which sessions shared one)."""
 
-    `recent_batches` keeps the session ids of the last passes (to see which sessions shared
-    one)."""
+    device_frames = True  # the models take frames on the device: the worker copies them there
+    role = "forward"  # the pass's name: "<model>-<role>"
 
-    device_frames = True  # detect() takes frames on the device: the worker copies them there
-
-    def __init__(self, model: TwoStageDetector, name: str):
+    def __init__(self, model: nn.Module, name: str):
         self.model = model.eval()
-        self.name = f"{name}-detector"
+        self.name = f"{name}-{self.role}"
         self.recent_batches: deque[tuple[str, ...]] = deque(maxlen=256)
 
     def run(self, items: list[WorkItem]) -> list:
+        outputs = self.compute(items)
+        self.recent_batches.append(tuple(item.session_id for item in items))
+        return outputs
+
+    @abstractmethod
+    def compute(self, items: list[WorkItem]) -> list:
+        """One output per item (its `state` is what the session's runner opened)."""
+
+
+class DetectorForward(FrameForward):
+    """The detector over the frames of a batch; reads each session's threshold, nothing else."""
+
+    role = "detector"
+
+    def compute(self, items: list[WorkItem]) -> list:
         # The lowest threshold of the batch: the mask and track heads skip what no session
         # shows (they cost most of a frame when many low-score boxes are kept).
         lowest = min(item.state.score_threshold for item in items)
-        detections = self.model.detect([item.image for item in items], min_score=lowest)
-        self.recent_batches.append(tuple(item.session_id for item in items))
-        return detections
+        return self.model.detect([item.image for item in items], min_score=lowest)
 
 
 class VisRunner(ModelRunner):
@@ -95,22 +110,30 @@ class VisRunner(ModelRunner):
         return [FrameOutput(item.index, item.time, _typed(objects))]
 
 
-class FrameDetectorRunner(ModelRunner):
-    """The detector alone: any frame, any worker, no session state but the options."""
+class FrameRunner(ModelRunner):
+    """A per-frame model: any frame, any worker, no session state but the options (a score
+    threshold). Subclasses name their task and turn the forward's output into a FrameOutput."""
 
-    def __init__(self, forward: DetectorForward, manifest: Manifest, name: str):
+    task = "instance"
+    default_score_threshold = DEFAULT_SCORE_THRESHOLD
+
+    def __init__(self, forward: FrameForward, manifest: Manifest, name: str):
         self.forward = forward
         self.classes = tuple(manifest.class_names)
         self.info = ModelInfo(
             name=name,
-            task="instance",
+            task=self.task,
             version=manifest.version,
             classes=self.classes,
             stateful=False,
         )
 
     def open_session(self, options: dict) -> DetectorSession:
-        return DetectorSession(_score_threshold(options))
+        return DetectorSession(_score_threshold(options, self.default_score_threshold))
+
+
+class FrameDetectorRunner(FrameRunner):
+    """The detector alone (task "instance")."""
 
     def step(self, item: WorkItem, detections) -> list[Output]:
         kept = keep_scores_above(detections, item.state.score_threshold)
@@ -126,8 +149,8 @@ def vis_runners(loaded, name: str) -> list[ModelRunner]:
     ]
 
 
-def _score_threshold(options: dict) -> float:
-    spec = {"score_threshold": (float, DEFAULT_SCORE_THRESHOLD, 0.0, 1.0)}
+def _score_threshold(options: dict, default: float = DEFAULT_SCORE_THRESHOLD) -> float:
+    spec = {"score_threshold": (float, default, 0.0, 1.0)}
     return read_options(options, spec)["score_threshold"]
 
 
