@@ -1,9 +1,9 @@
 """Tracking quality of the shipped MaskTrack R-CNN on held-out synthetic videos in which objects
 cross and occlude each other: id switches per ground-truth track, and YouTube-VIS AP.
 
-An id switch (as in the MOT metrics) is counted when a ground-truth track, matched on a frame to a
-predicted object (mask IoU >= 0.5, one-to-one), is matched to a different predicted id than the
-last time it was matched.
+An id switch (as in the MOT metrics; models.eval.tracking counts them) is counted when a
+ground-truth track, matched on a frame to a predicted object (mask IoU >= 0.5, one-to-one), is
+matched to a different predicted id than the last time it was matched.
 
     uv run python benchmarks/vis_tracking.py [--videos 16] [--seed 300] [--difficulty 0.8]
 """
@@ -13,48 +13,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from scipy.optimize import linear_sum_assignment
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.data.rle import decode_rle  # noqa: E402
 from models.data.synthetic.export import generate_dataset  # noqa: E402
 from models.data.synthetic.world import WorldConfig  # noqa: E402
 from models.data.ytvis import load_ytvis  # noqa: E402
+from models.eval.tracking import id_switches  # noqa: E402
 from models.train.vis import evaluate_vis_model  # noqa: E402
 from models.train.vis_data import read_rgb  # noqa: E402
 from models.vis.video_inference import segment_video  # noqa: E402
 from service.settings import SHIPPED_CHECKPOINTS  # noqa: E402
 from service.worker.runners import load_runner_from_store  # noqa: E402
-
-
-def id_switches(gt_masks: dict[int, list], predictions: list[list[dict]]) -> tuple[int, int]:
-    """(id switches, matched ground-truth frames) over one video."""
-    last_id: dict[int, int] = {}
-    switches = matched = 0
-    for t, objects in enumerate(predictions):
-        gt_ids = [g for g, masks in gt_masks.items() if masks[t] is not None]
-        if not gt_ids or not objects:
-            continue
-        pred_masks = [decode_rle(o["mask"]).astype(bool) for o in objects]
-        iou = np.zeros((len(gt_ids), len(objects)))
-        for i, g in enumerate(gt_ids):
-            gm = gt_masks[g][t]
-            for j, pm in enumerate(pred_masks):
-                union = (gm | pm).sum()
-                iou[i, j] = (gm & pm).sum() / union if union else 0.0
-        rows, cols = linear_sum_assignment(-iou)
-        for i, j in zip(rows, cols, strict=True):
-            if iou[i, j] < 0.5:
-                continue
-            matched += 1
-            track = objects[j]["track_id"]
-            g = gt_ids[i]
-            if g in last_id and last_id[g] != track:
-                switches += 1
-            last_id[g] = track
-    return switches, matched
 
 
 def main() -> None:
@@ -86,9 +55,9 @@ def main() -> None:
                 ]
                 for tr in data.tracks_of(video_id)
             }
-            switches, matched = id_switches(gt, predictions)
-            total_switches += switches
-            total_matched += matched
+            counted = id_switches(gt, predictions)
+            total_switches += counted.switches
+            total_matched += counted.matched
             total_tracks += len(gt)
         metrics = evaluate_vis_model(runner.model, data, list(data.videos), list(runner.classes))
     print(

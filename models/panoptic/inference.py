@@ -12,11 +12,14 @@
 The output is a segment-id map (0 = void, segments 1..N) and the segments, so segments can never
 overlap: each pixel holds one id. The masks are first brought to the frame's size as the
 release does: upsampled to the padded batch, cropped to the image, resized to the frame.
+
+Each segment may carry its query's feature (the last decoder layer's output, L2-normalised) as an
+appearance embedding: video panoptic feeds it to the VIS tracker (service/worker/runners/panoptic).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +39,10 @@ class PanopticSegment:
     isthing: bool
     score: float
     area: int  # pixels
+    # (D,) unit-length feature of its query (of a merged stuff segment: its first query's);
+    # None when inference was given no query features. Not compared: segments are equal by what
+    # they answer.
+    embedding: Tensor | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -62,15 +69,21 @@ class InferenceSettings:
 
 
 def panoptic_inference(
-    class_logits: Tensor, mask_logits: Tensor, settings: InferenceSettings
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    settings: InferenceSettings,
+    query_features: Tensor | None = None,
 ) -> PanopticPrediction:
     """One image: class_logits (Q, C + 1), "no object" last; mask_logits (Q, H, W) at the size
-    the answer should have."""
+    the answer should have; query_features (Q, D), if given, become the segments' embeddings."""
     no_object = class_logits.shape[-1] - 1
     scores, classes = class_logits.float().softmax(-1).max(-1)
     keep = (classes != no_object) & (scores > settings.object_mask_threshold)
     scores, classes = scores[keep], classes[keep]
     masks = mask_logits.float()[keep].sigmoid()
+    embeddings = None
+    if query_features is not None:
+        embeddings = F.normalize(query_features.detach().float()[keep], dim=-1).cpu()
     ids = torch.full(mask_logits.shape[-2:], VOID, dtype=torch.int32, device=mask_logits.device)
     if masks.shape[0] == 0:
         return PanopticPrediction(ids, [])
@@ -92,7 +105,12 @@ def panoptic_inference(
             score, won_area = max(score, earlier.score), won_area + earlier.area
         elif not isthing:
             stuff_ids[category] = segment_id
-        segments[segment_id] = PanopticSegment(segment_id, category, isthing, score, won_area)
+        embedding = earlier.embedding if earlier is not None else None
+        if embedding is None and embeddings is not None:
+            embedding = embeddings[query]
+        segments[segment_id] = PanopticSegment(
+            segment_id, category, isthing, score, won_area, embedding
+        )
     return PanopticPrediction(ids, list(segments.values()))
 
 
@@ -130,10 +148,12 @@ def segment_frames(model: MaskFormer, frames: list[Frame]) -> list[PanopticPredi
             class_logits,
             masks_at_frame_size(mask_logits, padded_size, image_size, frame_size),
             settings,
+            features,
         )
-        for class_logits, mask_logits, image_size, frame_size in zip(
+        for class_logits, mask_logits, features, image_size, frame_size in zip(
             output.class_logits,
             output.mask_logits,
+            output.query_features,
             batch.image_sizes,
             batch.input_sizes,
             strict=True,

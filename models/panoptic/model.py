@@ -51,6 +51,8 @@ class MaskFormerOutput:
 
     layer_class_logits: Tensor
     layer_mask_logits: Tensor
+    # The last decoder layer's query features (B, Q, D): a segment's appearance, for tracking.
+    query_features: Tensor | None = None
 
     @property
     def class_logits(self) -> Tensor:
@@ -310,7 +312,7 @@ class MaskFormerHead(nn.Module):
         )
         class_logits = self.cls_embed(decoded)
         mask_logits = torch.einsum("lbqc,bchw->lbqhw", self.mask_embed(decoded), mask_features)
-        return MaskFormerOutput(class_logits, mask_logits)
+        return MaskFormerOutput(class_logits, mask_logits, decoded[-1])
 
 
 class MaskFormer(nn.Module):

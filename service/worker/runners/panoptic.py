@@ -1,19 +1,41 @@
-"""MaskFormer in the worker (family "panoptic"): per frame, any frame on any worker; one batched
-pass over the frames of every session (the detectors' FrameForward), then each frame's segments.
+"""MaskFormer in the worker (family "panoptic"): one batched pass over the frames of every session
+(the detectors' FrameForward), then each frame's segments.
 
 A frame answers `segments`, things and stuff, each with its COCO RLE mask, its category (the
 checkpoint's class name: things first, then stuff), isthing, score and area. They come from one
 segment-id map (models.panoptic.inference), so they never overlap.
+
+One checkpoint serves two models on one forward (one copy of the weights, shared batches):
+`<name>`, per frame (any frame, any worker), and `<name>-video`, video panoptic: tracked, stateful
+(pinned to a worker as `masktrack` is), whose things carry track ids from the VIS family's
+Tracker, fed per thing with the box of its mask, its category, score and its query's embedding.
+Stuff carries no track id.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import masks_to_boxes
+
+from models.common.detections import FrameDetections
 from models.data.rle import encode_mask
-from models.panoptic.inference import PanopticPrediction, segment_frames
+from models.panoptic.inference import PanopticPrediction, PanopticSegment, segment_frames
+from models.vis.tracker import Tracker
 from service.schemas import Mask, Segment
 from service.worker.runner import FrameOutput, ModelRunner, Output, WorkItem
 from service.worker.runners import register_runners
-from service.worker.runners.vis import FrameForward, FrameRunner
+from service.worker.runners.vis import FrameForward, FrameRunner, VisSession, check_frame_size
+
+# The tracker's appearance logits are dot products of the things' embeddings: unit query features
+# scaled by sqrt(T) give T x cosine. MaskFormer's queries are not trained for identity, so T stays
+# small next to the IoU term (weight 2) and the label term (10): it breaks ties between
+# overlapping boxes of one category rather than overriding them (0 = an IoU + label tracker).
+EMBEDDING_TEMPERATURE = 4.0
 
 
 class PanopticForward(FrameForward):
@@ -30,27 +52,99 @@ class PanopticRunner(FrameRunner):
     default_score_threshold = 0.0
 
     def step(self, item: WorkItem, prediction: PanopticPrediction) -> list[Output]:
-        return [FrameOutput(item.index, item.time, segments=self.segments(item, prediction))]
-
-    def segments(self, item: WorkItem, prediction: PanopticPrediction) -> list[Segment]:
+        kept = kept_segments(prediction, item.state.score_threshold)
         ids = prediction.ids.cpu().numpy()
-        threshold = item.state.score_threshold
-        return [
-            Segment(
-                id=segment.id,
-                category=self.classes[segment.category],
-                isthing=segment.isthing,
-                score=segment.score,
-                area=segment.area,
-                mask=Mask.model_validate(encode_mask(ids == segment.id)),
-            )
-            for segment in prediction.segments
-            if segment.score >= threshold
-        ]
+        segments = [self.segment(ids, segment) for segment in kept]
+        return [FrameOutput(item.index, item.time, segments=segments)]
+
+    def segment(
+        self, ids: np.ndarray, segment: PanopticSegment, track_id: int | None = None
+    ) -> Segment:
+        return Segment(
+            id=segment.id,
+            category=self.classes[segment.category],
+            isthing=segment.isthing,
+            score=segment.score,
+            area=segment.area,
+            mask=Mask.model_validate(encode_mask(ids == segment.id)),
+            track_id=track_id,
+        )
+
+
+class VideoPanopticRunner(PanopticRunner):
+    """`<name>-video`: the per-frame answer with the things tracked through the session. The
+    forward reads no session state (the tracker steps after it), so a session's frames may share
+    a batch."""
+
+    def __init__(self, forward: PanopticForward, manifest, name: str):
+        super().__init__(forward, manifest, name)
+        self.info = replace(self.info, stateful=True, one_frame_per_batch=False)
+
+    def open_session(self, options: dict) -> VisSession:
+        return VisSession(super().open_session(options).score_threshold, Tracker())
+
+    def step(self, item: WorkItem, prediction: PanopticPrediction) -> list[Output]:
+        session: VisSession = item.state
+        check_frame_size(session, item)
+        kept = kept_segments(prediction, session.score_threshold)
+        things = [segment for segment in kept if segment.isthing]
+        detections = thing_detections(prediction.ids, things, EMBEDDING_TEMPERATURE)
+        tracked = session.tracker.step(detections, item.index)
+        track_ids = {thing.id: track_id for thing, track_id in zip(things, tracked, strict=True)}
+        session.frame_size = item.image.shape[:2]
+        ids = prediction.ids.cpu().numpy()
+        segments = [self.segment(ids, s, track_ids.get(s.id)) for s in kept]
+        return [FrameOutput(item.index, item.time, segments=segments)]
+
+
+def kept_segments(prediction: PanopticPrediction, threshold: float) -> list[PanopticSegment]:
+    return [segment for segment in prediction.segments if segment.score >= threshold]
+
+
+def thing_detections(
+    ids: Tensor, things: list[PanopticSegment], temperature: float = EMBEDDING_TEMPERATURE
+) -> FrameDetections:
+    """The things of one frame as the Tracker takes them: the box of each mask ([x1, y1, x2, y2]
+    around its pixels, x2 and y2 one past the last, so a one-pixel thing has an area), label =
+    its category, its score, and its embedding scaled by sqrt(temperature) (zeros where a segment
+    has none)."""
+    height, width = int(ids.shape[-2]), int(ids.shape[-1])
+    if not things:
+        return FrameDetections(
+            boxes=torch.zeros((0, 4)),
+            labels=torch.zeros(0, dtype=torch.int64),
+            scores=torch.zeros(0),
+            masks=torch.zeros((0, height, width), dtype=torch.bool),
+            embeddings=torch.zeros((0, 0)),
+            image_size=(height, width),
+        )
+    ids = ids.cpu()
+    masks = torch.stack([ids == thing.id for thing in things])
+    boxes = masks_to_boxes(masks)
+    boxes[:, 2:] += 1
+    return FrameDetections(
+        boxes=boxes,
+        labels=torch.tensor([thing.category for thing in things], dtype=torch.int64),
+        scores=torch.tensor([thing.score for thing in things], dtype=torch.float32),
+        masks=masks,
+        embeddings=_embeddings(things) * math.sqrt(max(temperature, 0.0)),
+        image_size=(height, width),
+    )
+
+
+def _embeddings(things: list[PanopticSegment]) -> Tensor:
+    dim = next((len(t.embedding) for t in things if t.embedding is not None), 0)
+    return torch.stack(
+        [torch.zeros(dim) if t.embedding is None else t.embedding.float() for t in things]
+    )
 
 
 def panoptic_runners(loaded, name: str) -> list[ModelRunner]:
-    return [PanopticRunner(PanopticForward(loaded.model, name), loaded.manifest, name)]
+    forward = PanopticForward(loaded.model, name)
+    return [
+        PanopticRunner(forward, loaded.manifest, name),
+        VideoPanopticRunner(forward, loaded.manifest, f"{name}-video"),
+    ]
 
 
 register_runners("panoptic", panoptic_runners)

@@ -97,17 +97,23 @@ class VisRunner(ModelRunner):
 
     def step(self, item: WorkItem, detections) -> list[Output]:
         session: VisSession = item.state
-        size = item.image.shape[:2]
-        if session.frame_size is not None and session.frame_size != size:
-            raise OptionError(
-                f"frame size {size[1]}x{size[0]} differs from the session's "
-                f"{session.frame_size[1]}x{session.frame_size[0]}"
-            )
+        check_frame_size(session, item)
         objects = frame_objects(
             session.tracker, detections, item.index, session.score_threshold, self.classes
         )
-        session.frame_size = size
+        session.frame_size = item.image.shape[:2]
         return [FrameOutput(item.index, item.time, _typed(objects))]
+
+
+def check_frame_size(session: VisSession, item: WorkItem) -> None:
+    """A tracked session's frames keep the first frame's size (the tracker compares boxes across
+    frames); the caller records it once the step has succeeded."""
+    size = item.image.shape[:2]
+    if session.frame_size is not None and session.frame_size != size:
+        raise OptionError(
+            f"frame size {size[1]}x{size[0]} differs from the session's "
+            f"{session.frame_size[1]}x{session.frame_size[0]}"
+        )
 
 
 class FrameRunner(ModelRunner):
