@@ -502,6 +502,48 @@ def train_instance_command(
     _train_and_publish(lambda: train_instance(_run_config(InstanceTrainConfig, options)))
 
 
+@train_app.command("panoptic")
+def train_panoptic_command(
+    data: Annotated[
+        Path,
+        typer.Option(
+            exists=True,
+            help=(
+                "COCO panoptic dataset: a `vidserve synth` folder (panoptic/), COCO's layout "
+                "(annotations/panoptic_<split>.json + <split>/) or a panoptic JSON."
+            ),
+        ),
+    ],
+    out: StoreOption,
+    name: Annotated[str, typer.Option(help="Model name in the store.")] = "maskformer",
+    split: Annotated[
+        str, typer.Option(help="Split of --data to train on (COCO's: train2017).")
+    ] = "train",
+    val: ValOption = None,
+    val_split: ValSplitOption = "val",
+    val_videos: ValVideosOption = 4,
+    iters: ItersOption = 3000,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Images per step, over all torchrun processes together.")
+    ] = 8,
+    lr: LrOption = 2e-3,
+    grad_clip: Annotated[
+        float, typer.Option(min=0.0, help="Clip the gradients' global norm at this.")
+    ] = 1.0,
+    seed: SeedOption = 0,
+    work_dir: WorkDirOption = Path("runs/panoptic"),
+    resume: ResumeOption = False,
+    redis_url: RedisOption = None,
+) -> None:
+    """Train MaskFormer (small CPU configuration) on panoptic segments, things and stuff,
+    evaluate PQ on held-out videos, publish to the store. Under `torchrun --nproc-per-node N`
+    it trains with DDP; rank 0 publishes."""
+    options = dict(locals())
+    from models.train.panoptic import PanopticTrainConfig, train_panoptic
+
+    _train_and_publish(lambda: train_panoptic(_run_config(PanopticTrainConfig, options)))
+
+
 @train_app.command("vos")
 def train_vos_command(
     data: Annotated[

@@ -36,7 +36,13 @@ def one_line(text: str) -> str:
 def test_every_command_is_walked():
     names = {" ".join(path) for path, _ in COMMANDS}
     assert {"serve", "worker", "segment", "synth", "eval"} <= names
-    assert {"train vis", "train vos", "train vos-retune", "train instance"} <= names
+    assert {
+        "train vis",
+        "train vos",
+        "train vos-retune",
+        "train instance",
+        "train panoptic",
+    } <= names
     assert {"checkpoints import", "checkpoints list", "checkpoints verify"} <= names
 
 

@@ -121,7 +121,9 @@ class PanopticConfig(ManifestConfig):
         """The CPU-sized model of the same architecture: the project's small trunk, 64 channels,
         4 heads, 2 encoder and 3 decoder layers, 30 queries (a synthetic frame holds at most a
         handful of things and stuff bands), the synthetic world's 320x240 input. Its batch norms
-        train: the small trunk starts from scratch."""
+        train: the small trunk starts from scratch. No transformer dropout: trained from scratch
+        with it (0.1), every query answered "no object" alike in eval mode (validation PQ 0 after
+        300 steps, 0.38 after 200 without)."""
         settings: dict[str, Any] = dict(
             backbone="small",
             freeze_backbone_bn=False,
@@ -133,6 +135,7 @@ class PanopticConfig(ManifestConfig):
             ffn_dim=256,
             encoder_layers=2,
             decoder_layers=3,
+            dropout=0.0,
             group_norm_groups=16,
             image_long_edge=320,
             image_short_edge=240,

@@ -139,7 +139,7 @@ def segment_frames(model: MaskFormer, frames: list[Frame]) -> list[PanopticPredi
         raise RuntimeError("segment_frames() needs eval mode; call model.eval() first")
     if not frames:
         return []
-    batch = _prepare(model, frames)
+    batch = prepare_frames(model, frames)
     output = model(batch.tensor, batch.image_sizes)
     padded_size = tuple(batch.tensor.shape[-2:])
     settings = InferenceSettings.from_config(model.config)
@@ -169,7 +169,7 @@ def probe_maskformer(model: MaskFormer) -> MaskFormerOutput:
 
     config = model.config
     frame = probe_frame(config.image_short_edge, config.image_long_edge).to(model.device)
-    batch = _prepare(model, [frame])
+    batch = prepare_frames(model, [frame])
     output = model(batch.tensor, batch.image_sizes)
     panoptic_inference(
         output.class_logits[0], output.mask_logits[0], InferenceSettings.from_config(config)
@@ -177,7 +177,7 @@ def probe_maskformer(model: MaskFormer) -> MaskFormerOutput:
     return output
 
 
-def _prepare(model: MaskFormer, frames: list[Frame]) -> ImageBatch:
+def prepare_frames(model: MaskFormer, frames: list[Frame]) -> ImageBatch:
     config = model.config
     return prepare_batch(
         frames,

@@ -129,9 +129,12 @@ def validate_and_publish(
     result: LoopResult,
     start: int,
     train_videos: int,
+    **settings,
 ) -> Path:
-    """What the YouTube-VIS-trained families do after the loop (rank 0): `evaluate(model,
-    dataset, video ids)` on the held-out videos, then publish with the run's record."""
+    """What the video-trained families do after the loop (rank 0): `evaluate(model, dataset,
+    videos)` on the held-out videos (val_set: the dataset and those videos), then publish with
+    the run's record (and a family's own `settings` in it). `ann`: the annotation file whose
+    hash is the fingerprint of a dataset that is not ours."""
     model.eval()
     eval_started = time.monotonic()
     metrics = evaluate(model, *val_set) if val_set[1] else {}
@@ -155,6 +158,7 @@ def validate_and_publish(
             validation_seconds=round(eval_seconds, 1),
             validation_videos=len(val_set[1]),
             train_videos=train_videos,
+            **settings,
         ),
     )
 
