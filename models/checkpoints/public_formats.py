@@ -14,6 +14,8 @@ and how its state dict converts into ours:
   track head, 40 YouTube-VIS classes.
 - the Cascade Mask R-CNN Swin-B COCO release (Swin-Transformer-Object-Detection):
   models.instance.swin_weights, the whole detector, COCO's 80 classes.
+- MaskFormer R50 for COCO panoptic, MMDetection's release (our names) and the official
+  detectron2-named file: models.panoptic.mmdet_weights, COCO panoptic's 80 things then 53 stuff.
 
 Family packages are imported when a format is used, so that reading this module costs nothing.
 """
@@ -249,6 +251,65 @@ def convert_cascade_swin(
     return Converted(converted, release_architecture().to_dict(), classes)
 
 
+# ---- MaskFormer R50, COCO panoptic (MMDetection's release and the official detectron2 file) -----
+# COCO panoptic's 53 stuff categories in MMDetection's order (CocoPanopticDataset.METAINFO, after
+# the 80 things), which is the order of the release's class logits.
+COCO_PANOPTIC_STUFF = (
+    "banner", "blanket", "bridge", "cardboard", "counter", "curtain", "door-stuff", "floor-wood",
+    "flower", "fruit", "gravel", "house", "light", "mirror-stuff", "net", "pillow", "platform",
+    "playingfield", "railroad", "river", "road", "roof", "sand", "sea", "shelf", "snow", "stairs",
+    "tent", "towel", "wall-brick", "wall-stone", "wall-tile", "wall-wood", "water-other",
+    "window-blind", "window-other", "tree-merged", "fence-merged", "ceiling-merged",
+    "sky-other-merged", "cabinet-merged", "table-merged", "floor-other-merged", "pavement-merged",
+    "mountain-merged", "grass-merged", "dirt-merged", "paper-merged", "food-other-merged",
+    "building-other-merged", "rock-merged", "wall-other-merged", "rug-merged",
+)  # fmt: skip
+
+
+@cache
+def _maskformer_keys() -> frozenset[str]:
+    from models.panoptic.mmdet_weights import reference_shapes
+
+    return frozenset(reference_shapes())
+
+
+def _detectron2_maskformer_name(name: str) -> str:
+    from models.panoptic.mmdet_weights import detectron2_to_our_name
+
+    try:
+        return detectron2_to_our_name(name)
+    except KeyError:
+        # Not a detectron2 name (an MMDetection file's, say): it must not count as ours.
+        return f"(not detectron2) {name}"
+
+
+def _coco_panoptic_classes(meta: Mapping[str, Any]) -> list[str]:
+    from models.panoptic.mmdet_weights import release_architecture
+
+    classes = _classes_from_meta(meta)
+    if classes and len(classes) == release_architecture().num_classes:
+        return classes
+    return coco_80_class_names() + list(COCO_PANOPTIC_STUFF)
+
+
+def convert_mmdet_maskformer(
+    state: dict[str, Tensor], meta: Mapping[str, Any], path: Path
+) -> Converted:
+    from models.panoptic.mmdet_weights import convert_release_state_dict, release_architecture
+
+    converted = convert_release_state_dict(state, source=path)
+    return Converted(converted, release_architecture().to_dict(), _coco_panoptic_classes(meta))
+
+
+def convert_detectron2_maskformer(
+    state: dict[str, Tensor], meta: Mapping[str, Any], path: Path
+) -> Converted:
+    from models.panoptic.mmdet_weights import convert_detectron2_state_dict, release_architecture
+
+    converted = convert_detectron2_state_dict(state, source=path)
+    return Converted(converted, release_architecture().to_dict(), _coco_panoptic_classes(meta))
+
+
 # ---- shared ---------------------------------------------------------------------------------
 
 
@@ -318,5 +379,25 @@ FORMATS: tuple[PublicFormat, ...] = (
         ),
         expected_keys=_cascade_swin_keys,
         convert=convert_cascade_swin,
+    ),
+    PublicFormat(
+        key="mmdet-maskformer-r50-coco-panoptic",
+        title="MaskFormer R50, COCO panoptic (MMDetection maskformer_r50_ms-16xb1-75e_coco)",
+        family="panoptic",
+        default_name="maskformer-coco",
+        dataset_fingerprint="mmdetection:maskformer_r50_ms-16xb1-75e_coco",
+        expected_keys=_maskformer_keys,
+        convert=convert_mmdet_maskformer,
+    ),
+    PublicFormat(
+        key="maskformer-r50-coco-panoptic-d2",
+        title="MaskFormer R50, COCO panoptic (facebookresearch/MaskFormer, detectron2 names)",
+        family="panoptic",
+        default_name="maskformer-coco",
+        dataset_fingerprint="facebookresearch/MaskFormer:maskformer_panoptic_R50_bs64_554k",
+        expected_keys=_maskformer_keys,
+        convert=convert_detectron2_maskformer,
+        normalise=_detectron2_maskformer_name,
+        optional=lambda name: name.endswith(BATCH_COUNT_SUFFIX),
     ),
 )

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from models.checkpoints import CheckpointError
+from models.checkpoints.importing import detect_format
 from models.panoptic import MaskFormer, PanopticConfig, build_maskformer
 from models.panoptic.inference import (
     InferenceSettings,
@@ -311,6 +312,25 @@ def test_detectron2_state_dict_with_an_unknown_name_is_refused():
     d2_state["sem_seg_head.predictor.extra.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match="unknown names 1"):
         convert_detectron2_state_dict(d2_state, source="model_final.pkl")
+
+
+def test_the_importer_recognises_both_releases(release_state):
+    """`vidserve checkpoints import` tells the MMDetection file from the detectron2 one (each by
+    its own names; neither is taken for the other) and gives COCO panoptic's 133 classes, the
+    80 things first."""
+    d2_state = fill(parse_d2_key_list())
+    for state, key, convert in (
+        (release_state, "mmdet-maskformer-r50-coco-panoptic", convert_release_state_dict),
+        (d2_state, "maskformer-r50-coco-panoptic-d2", convert_detectron2_state_dict),
+    ):
+        found = detect_format(state)
+        assert (found.key, found.family, found.default_name) == (key, "panoptic", "maskformer-coco")
+        converted = found.convert(state, {}, Path("release.pth"))
+        assert set(converted.state) == set(convert(state))
+        assert PanopticConfig.from_dict(converted.architecture) == PanopticConfig()
+        names = converted.class_names
+        assert len(names) == 133 and names[0] == "person" and names[79] == "toothbrush"
+        assert (names[80], names[-1]) == ("banner", "rug-merged")
 
 
 # ---- the small model --------------------------------------------------------------------------
