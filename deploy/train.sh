@@ -1,11 +1,13 @@
 #!/bin/sh
 # The trainer's entry (compose service `trainer`, Kubernetes Job `vidserve-train`): make a
-# synthetic YouTube-VIS dataset unless TRAIN_DATA already holds one, train MaskTrack R-CNN, publish
-# the checkpoint into the store the workers read and announce it on Redis, where the running
-# workers pick it up. Arguments are passed on to `vidserve train vis` (e.g. --iters 500).
+# synthetic dataset (every format) unless TRAIN_DATA already holds one, train a family (MaskTrack
+# R-CNN unless TRAIN_FAMILY says another), publish the checkpoint into the store the workers read
+# and announce it on Redis, where the running workers pick it up. Arguments are passed on to
+# `vidserve train $TRAIN_FAMILY` (e.g. --iters 500).
 # With TRAIN_PROCESSES > 1 the training runs under torchrun, one process a GPU (NCCL; gloo on a
 # host without GPUs), each on its share of every --batch-size batch (a multiple of the count).
 #
+#   TRAIN_FAMILY      vis, vos, instance or panoptic [vis]
 #   TRAIN_DATA        dataset folder [/tmp/vidserve-train/data, made with `vidserve synth`]
 #   TRAIN_VIDEOS, TRAIN_FRAMES, TRAIN_SIZE, TRAIN_SEED   the synthetic dataset [32, 24, 320x240, 100]
 #   TRAIN_WORK_DIR    resumable training state [/tmp/vidserve-train/run]
@@ -17,6 +19,7 @@ set -eu
 store="${VIDSERVE_CHECKPOINT_STORE:?set VIDSERVE_CHECKPOINT_STORE to the store the workers read}"
 data="${TRAIN_DATA:-/tmp/vidserve-train/data}"
 work_dir="${TRAIN_WORK_DIR:-/tmp/vidserve-train/run}"
+family="${TRAIN_FAMILY:-vis}"
 
 if [ ! -e "$data/meta.json" ] && [ ! -e "$data/train.json" ]; then
     vidserve synth --out "$data" \
@@ -35,6 +38,6 @@ processes="${TRAIN_PROCESSES:-1}"
 if [ "$processes" -gt 1 ]; then
     # --standalone: one host, a rendezvous of its own on a free port.
     exec torchrun --standalone --nproc-per-node "$processes" --no-python \
-        vidserve train vis "$@"
+        vidserve train "$family" "$@"
 fi
-exec vidserve train vis "$@"
+exec vidserve train "$family" "$@"

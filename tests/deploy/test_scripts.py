@@ -115,6 +115,18 @@ def test_the_trainer_entry_reuses_a_dataset_and_needs_a_store(fake_vidserve, tmp
     assert missing.returncode != 0 and "VIDSERVE_CHECKPOINT_STORE" in missing.stderr
 
 
+def test_the_trainer_entry_trains_the_family_it_is_told(fake_vidserve, tmp_path):
+    bin_dir, calls = fake_vidserve
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "meta.json").write_text("{}")
+    result = run_train(bin_dir, tmp_path, ["--iters", "9"], TRAIN_FAMILY="panoptic")
+    assert result.returncode == 0, result.stderr
+    assert calls.read_text().splitlines() == [
+        f"train panoptic --data {tmp_path}/data --out {tmp_path}/store --work-dir {tmp_path}/run "
+        "--iters 9"
+    ]
+
+
 class _Worker:
     def __init__(self, loaded: bool):
         self.loaded = loaded
