@@ -209,7 +209,8 @@ def script_commands(path: Path) -> list[list[str]]:
     for line in re.sub(r"\\\n", " ", path.read_text()).splitlines():
         if line.strip().startswith("#"):
             continue
-        words = shlex.split(line)
+        # train.sh trains the family TRAIN_FAMILY names: checked as its default, vis.
+        words = [w.replace("$family", "vis") for w in shlex.split(line)]
         if words[:2] == ["set", "--"]:
             prepended += [w for w in words[2:] if w != "$@"]
         elif "vidserve" in words:
