@@ -292,22 +292,18 @@ def _coco_panoptic_classes(meta: Mapping[str, Any]) -> list[str]:
     return coco_80_class_names() + list(COCO_PANOPTIC_STUFF)
 
 
-def convert_mmdet_maskformer(
-    state: dict[str, Tensor], meta: Mapping[str, Any], path: Path
-) -> Converted:
-    from models.panoptic.mmdet_weights import convert_release_state_dict, release_architecture
+def _maskformer_converter(converter_name: str) -> Converter:
+    """The import of one of the MaskFormer files: models.panoptic.mmdet_weights' converter of
+    that name, the release's architecture, COCO panoptic's classes."""
 
-    converted = convert_release_state_dict(state, source=path)
-    return Converted(converted, release_architecture().to_dict(), _coco_panoptic_classes(meta))
+    def convert(state: dict[str, Tensor], meta: Mapping[str, Any], path: Path) -> Converted:
+        from models.panoptic import mmdet_weights
 
+        converted = getattr(mmdet_weights, converter_name)(state, source=path)
+        architecture = mmdet_weights.release_architecture().to_dict()
+        return Converted(converted, architecture, _coco_panoptic_classes(meta))
 
-def convert_detectron2_maskformer(
-    state: dict[str, Tensor], meta: Mapping[str, Any], path: Path
-) -> Converted:
-    from models.panoptic.mmdet_weights import convert_detectron2_state_dict, release_architecture
-
-    converted = convert_detectron2_state_dict(state, source=path)
-    return Converted(converted, release_architecture().to_dict(), _coco_panoptic_classes(meta))
+    return convert
 
 
 # ---- shared ---------------------------------------------------------------------------------
@@ -387,7 +383,7 @@ FORMATS: tuple[PublicFormat, ...] = (
         default_name="maskformer-coco",
         dataset_fingerprint="mmdetection:maskformer_r50_ms-16xb1-75e_coco",
         expected_keys=_maskformer_keys,
-        convert=convert_mmdet_maskformer,
+        convert=_maskformer_converter("convert_release_state_dict"),
     ),
     PublicFormat(
         key="maskformer-r50-coco-panoptic-d2",
@@ -396,7 +392,7 @@ FORMATS: tuple[PublicFormat, ...] = (
         default_name="maskformer-coco",
         dataset_fingerprint="facebookresearch/MaskFormer:maskformer_panoptic_R50_bs64_554k",
         expected_keys=_maskformer_keys,
-        convert=convert_detectron2_maskformer,
+        convert=_maskformer_converter("convert_detectron2_state_dict"),
         normalise=_detectron2_maskformer_name,
         optional=lambda name: name.endswith(BATCH_COUNT_SUFFIX),
     ),

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from models.data.synthetic.world import WorldConfig
 from service.settings import SHIPPED_CHECKPOINTS
@@ -81,6 +82,29 @@ class Server:
     def metric(self, name: str) -> str:
         text = httpx.get(f"{self.url}/metrics").text
         return "\n".join(line for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.fixture(scope="session")
+def panoptic_server(tmp_path_factory):
+    """`vidserve serve` on a store holding only the tiny MaskFormer (as `maskformer` and
+    `maskformer-video`), for the panoptic serving tests."""
+    from models.checkpoints.store import CheckpointStore
+    from tests.service.panoptic_fixtures import MODEL, STUFF, THINGS, tiny_maskformer
+
+    store = tmp_path_factory.mktemp("store")
+    model, config = tiny_maskformer()
+    CheckpointStore(store).publish(
+        model,
+        family="panoptic",
+        name=MODEL,
+        version="20250101T000000Z",
+        architecture=config.to_dict(),
+        class_names=THINGS + STUFF,
+    )
+    with open(tmp_path_factory.mktemp("logs") / "server.log", "w") as log:
+        server = Server(store=store, env={"VIDSERVE_DEFAULT_MODEL": MODEL}, log=log)
+        yield server
+        server.stop()
 
 
 # The fixtures `video_file`, `other_video_file` and `server` live in tests/conftest.py, so that

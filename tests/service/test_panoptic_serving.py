@@ -12,71 +12,19 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from models.checkpoints.store import CheckpointStore
 from models.data.coco_panoptic import load_coco_panoptic
 from models.data.draw import id_colour
 from models.data.rle import decode_rle, encode_mask
 from models.data.synthetic.export import generate_dataset
-from models.data.synthetic.world import STUFF_CATEGORIES, THING_CATEGORIES
-from models.panoptic.config import PanopticConfig
-from models.panoptic.model import build_maskformer
 from service.cli import app
 from service.gateway.grpc_gen import vidserve_pb2 as pb
 from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc
 from service.schemas import Mask, Segment
-from tests.service.conftest import VIDEO_WORLD, Server
+from tests.service.conftest import VIDEO_WORLD
+from tests.service.panoptic_fixtures import MODEL, STUFF, THINGS
 from tests.service.test_grpc import png
-
-MODEL = "maskformer"
-THINGS, STUFF = list(THING_CATEGORIES.values()), list(STUFF_CATEGORIES.values())
-
-
-def tiny_maskformer():
-    """A randomly initialised MaskFormer, small enough to answer a frame in tens of ms, whose
-    answers still hold several things and stuff: thresholds 0 keep every query that is not "no
-    object" (pushed down), and the class, mask and query weights are scaled up so that queries
-    differ and their classes and masks are sharp (seeded: the same model every run)."""
-    torch.manual_seed(2)
-    config = PanopticConfig.small(
-        hidden_dim=32,
-        ffn_dim=64,
-        num_heads=2,
-        group_norm_groups=8,
-        encoder_layers=1,
-        decoder_layers=1,
-        num_queries=12,
-        object_mask_threshold=0.0,
-        overlap_threshold=0.0,
-    )
-    model = build_maskformer(config.to_dict()).eval()
-    head = model.panoptic_head
-    with torch.no_grad():
-        head.cls_embed.weight.mul_(50)
-        head.cls_embed.bias[-1] = -20
-        head.mask_embed[-1].weight.mul_(10)
-        head.query_embed.weight.mul_(30)
-    return model, config
-
-
-@pytest.fixture(scope="module")
-def panoptic_server(tmp_path_factory):
-    store = tmp_path_factory.mktemp("store")
-    model, config = tiny_maskformer()
-    CheckpointStore(store).publish(
-        model,
-        family="panoptic",
-        name=MODEL,
-        version="20250101T000000Z",
-        architecture=config.to_dict(),
-        class_names=THINGS + STUFF,
-    )
-    with open(tmp_path_factory.mktemp("logs") / "server.log", "w") as log:
-        server = Server(store=store, env={"VIDSERVE_DEFAULT_MODEL": MODEL}, log=log)
-        yield server
-        server.stop()
 
 
 def segment(server, video_file, data=None, headers=None) -> httpx.Response:

@@ -11,36 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoints.store import CheckpointStore
 from models.data.rle import encode_mask
 from models.panoptic.inference import PanopticSegment, segment_frames
 from service.gateway.grpc_convert import frame_from_proto
 from service.gateway.grpc_gen import vidserve_pb2 as pb
 from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc
 from service.worker.runners.panoptic import thing_detections
-from tests.service.conftest import VIDEO_WORLD, Server
+from tests.service.conftest import VIDEO_WORLD
+from tests.service.panoptic_fixtures import MODEL, THINGS, tiny_maskformer
 from tests.service.test_grpc import png
-from tests.service.test_panoptic_serving import MODEL, STUFF, THINGS, tiny_maskformer
 
 VIDEO = f"{MODEL}-video"
-
-
-@pytest.fixture(scope="module")
-def video_server(tmp_path_factory):
-    store = tmp_path_factory.mktemp("store")
-    model, config = tiny_maskformer()
-    CheckpointStore(store).publish(
-        model,
-        family="panoptic",
-        name=MODEL,
-        version="20250101T000000Z",
-        architecture=config.to_dict(),
-        class_names=THINGS + STUFF,
-    )
-    with open(tmp_path_factory.mktemp("logs") / "server.log", "w") as log:
-        server = Server(store=store, log=log)
-        yield server
-        server.stop()
 
 
 def segment(server, video_file, model: str, data=None) -> httpx.Response:
@@ -53,14 +34,14 @@ def segment(server, video_file, model: str, data=None) -> httpx.Response:
 
 
 @pytest.fixture(scope="module")
-def tracked(video_server, video_file) -> dict:
-    response = segment(video_server, video_file, VIDEO)
+def tracked(panoptic_server, video_file) -> dict:
+    response = segment(panoptic_server, video_file, VIDEO)
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def test_both_names_are_listed_with_task_panoptic(video_server):
-    listed = httpx.get(f"{video_server.url}/v1/models").json()["models"]
+def test_both_names_are_listed_with_task_panoptic(panoptic_server):
+    listed = httpx.get(f"{panoptic_server.url}/v1/models").json()["models"]
     assert sorted((m["name"], m["task"]) for m in listed) == [
         (MODEL, "panoptic"),
         (VIDEO, "panoptic"),
@@ -92,9 +73,9 @@ def test_things_carry_track_ids_and_stuff_none(tracked):
 
 
 def test_the_per_frame_name_answers_the_same_segments_without_track_ids(
-    video_server, video_file, tracked
+    panoptic_server, video_file, tracked
 ):
-    response = segment(video_server, video_file, MODEL)
+    response = segment(panoptic_server, video_file, MODEL)
     assert response.status_code == 200, response.text
     plain = response.json()
     assert plain["tracks"] == []
@@ -106,13 +87,13 @@ def test_the_per_frame_name_answers_the_same_segments_without_track_ids(
         ]
 
 
-def test_a_static_scene_keeps_every_things_id(video_server, video_file):
+def test_a_static_scene_keeps_every_things_id(panoptic_server, video_file):
     """The same frame six times (PNG over a gRPC stream: no codec noise): every thing keeps the
     id it got on the first frame."""
     from models.data.video import read_video
 
     frames, _ = read_video(video_file)
-    answers = stream(video_server, [frames[3]] * 6)
+    answers = stream(panoptic_server, [frames[3]] * 6)
     first = {s.id: s.track_id for s in answers[0].segments if s.isthing}
     assert first, "the tiny model should answer things on this frame"
     assert sorted(first.values()) == list(range(len(first)))
@@ -132,10 +113,10 @@ def stream(server, frames: list[np.ndarray]) -> list:
         return [frame_from_proto(m) for m in stub.StreamFrames(requests(), timeout=60)]
 
 
-def test_a_prompt_is_refused(video_server, video_file):
+def test_a_prompt_is_refused(panoptic_server, video_file):
     mask = encode_mask(np.ones((240, 320), dtype=bool))
     data = {"prompt_rle": json.dumps({"1": mask})}
-    response = segment(video_server, video_file, VIDEO, data)
+    response = segment(panoptic_server, video_file, VIDEO, data)
     assert response.status_code == 400, response.text
     assert "takes no prompt" in response.json()["detail"]
 
