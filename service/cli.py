@@ -312,6 +312,13 @@ def segment(
         Path | None,
         typer.Option(help="Also write DAVIS palette PNGs, one per frame (00000.png, ...)."),
     ] = None,
+    panoptic_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Panoptic models: also write the zip `Accept: application/zip` answers "
+            "(COCO panoptic JSON and PNGs), which `vidserve eval --task panoptic` reads."
+        ),
+    ] = None,
 ) -> None:
     """Segment and track the objects of a video in this process (no server), writing the same
     results the service answers. VOS models (stcn) follow the objects a prompt marks."""
@@ -327,9 +334,10 @@ def segment(
     from service.worker.runners import load_runner_from_store
     from service.writers.davis import write_davis_pngs
 
-    if not any((out, davis_out, ytvis_out, render)):
+    outputs = (out, davis_out, ytvis_out, panoptic_out, render)
+    if not any(outputs):
         raise typer.BadParameter(
-            "nothing to write: give --out, --davis-out, --ytvis-out or --render"
+            "nothing to write: give --out, --davis-out, --ytvis-out, --panoptic-out or --render"
         )
     settings = _settings(checkpoint_store=store, device=device)
     name = model or settings.default_model
@@ -369,12 +377,16 @@ def segment(
         write_davis_pngs(result.frames, result.height, result.width, davis_out)
     if ytvis_out:
         ytvis_out.write_text(json.dumps(ytvis_results_of(result, runner.info.classes)))
+    if panoptic_out:
+        from service.writers.coco_panoptic import coco_panoptic_zip
+
+        panoptic_out.write_bytes(coco_panoptic_zip(result, runner.info.classes, video.stem))
     if render:
         from service.gateway.render import render_file
 
         as_png = render.suffix.lower() == ".png"
         render.write_bytes(render_file(video, result.frames, result.fps, as_png))
-    written = ", ".join(str(path) for path in (out, davis_out, ytvis_out, render) if path)
+    written = ", ".join(str(path) for path in outputs if path)
     typer.echo(f"{len(result.frames)} frames, {len(result.tracks)} tracks -> {written}")
 
 

@@ -41,6 +41,7 @@ class Server:
     """`vidserve serve` in a subprocess, as a user starts it."""
 
     def __init__(self, store: Path = SHIPPED_CHECKPOINTS, extra_args=(), env=None, log=None):
+        self.store = store
         self.port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"

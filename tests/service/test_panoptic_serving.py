@@ -110,14 +110,21 @@ def test_vidserve_eval_reads_the_answer_as_it_comes(panoptic_server, video_file,
     (tmp_path / "answer.json").write_text(json.dumps(answer))
     zipped = segment(panoptic_server, video_file, headers={"Accept": "application/zip"})
     (tmp_path / "answer.zip").write_bytes(zipped.content)
+    # `vidserve segment` in this process writes the same zip.
+    local = CliRunner().invoke(
+        app,
+        ["segment", str(video_file), "--store", str(panoptic_server.store), "--model", MODEL]
+        + ["--panoptic-out", str(tmp_path / "local.zip")],
+    )
+    assert local.exit_code == 0, local.output
     scores = []
-    for pred in ("answer.json", "answer.zip"):
+    for pred in ("answer.json", "answer.zip", "local.zip"):
         out = tmp_path / f"{pred}.scores.json"
         args = ["eval", "--task", "panoptic", "--gt", str(gt), "--pred", str(tmp_path / pred)]
         result = CliRunner().invoke(app, [*args, "--json", str(out)])
         assert result.exit_code == 0, result.output
         scores.append(json.loads(out.read_text()))
-    assert scores[0] == scores[1]
+    assert scores[0] == scores[1] == scores[2]
     assert 0.0 <= scores[0]["metrics"]["PQ"] <= 1.0
 
 
