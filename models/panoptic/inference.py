@@ -135,6 +135,19 @@ def segment_frames(model: MaskFormer, frames: list[Frame]) -> list[PanopticPredi
     """One forward pass over frames of any sizes; per frame, its panoptic map at its own size.
 
     frames: RGB uint8 H x W x 3 (numpy or tensor), or float 3 x H x W tensors in [0, 1]."""
+    settings = InferenceSettings.from_config(model.config)
+    return [
+        panoptic_inference(class_logits, mask_logits, settings, features)
+        for class_logits, mask_logits, features in frame_logits(model, frames)
+    ]
+
+
+@torch.inference_mode()
+def frame_logits(model: MaskFormer, frames: list[Frame]) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """One forward pass over frames; per frame, what panoptic_inference takes: the last layer's
+    class logits (Q, C + 1), its mask logits at the frame's size (Q, H, W), and the query
+    features (Q, D). Apart from segment_frames so that a calibration can try many settings on
+    one pass (models.train.panoptic)."""
     if model.training:
         raise RuntimeError("segment_frames() needs eval mode; call model.eval() first")
     if not frames:
@@ -142,12 +155,10 @@ def segment_frames(model: MaskFormer, frames: list[Frame]) -> list[PanopticPredi
     batch = prepare_frames(model, frames)
     output = model(batch.tensor, batch.image_sizes)
     padded_size = tuple(batch.tensor.shape[-2:])
-    settings = InferenceSettings.from_config(model.config)
     return [
-        panoptic_inference(
+        (
             class_logits,
             masks_at_frame_size(mask_logits, padded_size, image_size, frame_size),
-            settings,
             features,
         )
         for class_logits, mask_logits, features, image_size, frame_size in zip(

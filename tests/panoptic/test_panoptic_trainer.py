@@ -4,6 +4,7 @@ image, and the job end to end on a tiny synthetic dataset: trained, PQ-validated
 reloaded through the registry, resumed."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from models.train.panoptic import (
     PanopticLosses,
     PanopticTrainConfig,
     as_segments,
+    evaluate_panoptic_model,
     fit_target,
     ground_truth,
     train_panoptic,
@@ -125,6 +127,40 @@ def test_loss_falls_on_one_repeated_image(dataset):
     assert np.mean(totals[-3:]) < 0.75 * np.mean(totals[:3]), totals
 
 
+def test_calibration_scores_each_threshold_as_inference_with_it_and_keeps_the_best(dataset):
+    torch.manual_seed(0)
+    data = PanopticData.load(dataset[0], "train")
+    sample = PanopticFrames(data, flip=False)[0]
+    model = build_maskformer(PanopticConfig.small(**TINY)).train()
+    losses = PanopticLosses(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(30):  # fit one image, so that thresholds make a difference
+        total = sum(losses(Drawn([0], [sample])).values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    model.eval()
+    videos = data.videos()[:1]
+    thresholds = (0.95, 0.6, 0.3, 0.0)
+    alone = {}
+    for t in thresholds:
+        model.config = replace(model.config, object_mask_threshold=t)
+        alone[t] = evaluate_panoptic_model(model, data, videos)
+    assert len({m["pq"] for m in alone.values()}) > 1, alone  # the sweep has something to pick
+
+    calibrated = evaluate_panoptic_model(model, data, videos, thresholds=thresholds)
+    for t in thresholds:
+        assert calibrated[f"pq_at_{t:g}"] == alone[t]["pq"]
+        assert calibrated[f"pq_things_at_{t:g}"] == alone[t]["pq_things"]
+    best = max(thresholds, key=lambda t: (alone[t]["pq"], t))
+    assert calibrated["object_mask_threshold"] == best
+    assert model.config.object_mask_threshold == best
+    assert (
+        calibrated["pq"] == alone[best]["pq"]
+        and calibrated["rq_things"] == alone[best]["rq_things"]
+    )
+
+
 def train_config(root, tmp_path, **overrides):
     values = dict(
         data=root,
@@ -150,6 +186,10 @@ def test_train_publish_reload_resume(dataset, tmp_path):
     assert len(manifest["class_names"]) == SYNTHETIC_THINGS + SYNTHETIC_STUFF
     assert {"pq", "pq_things", "pq_stuff", "sq", "rq"} <= set(manifest["metrics"])
     assert all(0.0 <= v <= 1.0 for v in manifest["metrics"].values())
+    # The validation picked the object-mask threshold the checkpoint is published with.
+    chosen = manifest["metrics"]["object_mask_threshold"]
+    assert chosen in PanopticTrainConfig.object_mask_thresholds
+    assert manifest["architecture"]["object_mask_threshold"] == chosen
     training = manifest["training"]
     assert training["iters"] == 3 and training["train_videos"] == 2
     assert training["validation_videos"] == 1
