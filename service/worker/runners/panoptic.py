@@ -47,8 +47,9 @@ class PanopticForward(FrameForward):
 
 class PanopticRunner(FrameRunner):
     task = "panoptic"
-    # Inference already keeps only queries scored over the model's object-mask threshold (0.8);
-    # a session's score_threshold may drop more segments (their pixels become void).
+    # Inference already keeps only queries scored over the model's object-mask threshold (the
+    # manifest's: the release's 0.8, or the one the trainer's validation picked); a session's
+    # score_threshold may drop more segments (their pixels become void).
     default_score_threshold = 0.0
 
     def step(self, item: WorkItem, prediction: PanopticPrediction) -> list[Output]:
@@ -88,12 +89,13 @@ class VideoPanopticRunner(PanopticRunner):
         check_frame_size(session, item)
         kept = kept_segments(prediction, session.score_threshold)
         things = [segment for segment in kept if segment.isthing]
-        detections = thing_detections(prediction.ids, things, EMBEDDING_TEMPERATURE)
+        ids = prediction.ids.cpu()  # once: the tracker's boxes and the answer's masks share it
+        detections = thing_detections(ids, things, EMBEDDING_TEMPERATURE)
         tracked = session.tracker.step(detections, item.index)
         track_ids = {thing.id: track_id for thing, track_id in zip(things, tracked, strict=True)}
         session.frame_size = item.image.shape[:2]
-        ids = prediction.ids.cpu().numpy()
-        segments = [self.segment(ids, s, track_ids.get(s.id)) for s in kept]
+        pixels = ids.numpy()
+        segments = [self.segment(pixels, s, track_ids.get(s.id)) for s in kept]
         return [FrameOutput(item.index, item.time, segments=segments)]
 
 
@@ -104,10 +106,10 @@ def kept_segments(prediction: PanopticPrediction, threshold: float) -> list[Pano
 def thing_detections(
     ids: Tensor, things: list[PanopticSegment], temperature: float = EMBEDDING_TEMPERATURE
 ) -> FrameDetections:
-    """The things of one frame as the Tracker takes them: the box of each mask ([x1, y1, x2, y2]
-    around its pixels, x2 and y2 one past the last, so a one-pixel thing has an area), label =
-    its category, its score, and its embedding scaled by sqrt(temperature) (zeros where a segment
-    has none)."""
+    """The things of one frame (`ids`: its id map, on the CPU) as the Tracker takes them: the box
+    of each mask ([x1, y1, x2, y2] around its pixels, x2 and y2 one past the last, so a one-pixel
+    thing has an area), label = its category, its score, and its embedding scaled by
+    sqrt(temperature) (zeros where a segment has none)."""
     height, width = int(ids.shape[-2]), int(ids.shape[-1])
     if not things:
         return FrameDetections(
@@ -118,7 +120,6 @@ def thing_detections(
             embeddings=torch.zeros((0, 0)),
             image_size=(height, width),
         )
-    ids = ids.cpu()
     masks = torch.stack([ids == thing.id for thing in things])
     boxes = masks_to_boxes(masks)
     boxes[:, 2:] += 1
