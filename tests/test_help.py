@@ -42,6 +42,7 @@ def test_every_command_is_walked():
         "train vos-retune",
         "train instance",
         "train panoptic",
+        "train action",
     } <= names
     assert {"checkpoints import", "checkpoints list", "checkpoints verify"} <= names
 
