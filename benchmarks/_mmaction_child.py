@@ -30,29 +30,14 @@ import sys
 import types
 from pathlib import Path
 
+from _mmcv_lite import stub_compiled_ops
+
 CONFIGS = {
     "slowfast_acrn": "detection/acrn/"
     "slowfast-acrn_kinetics400-pretrained-r50_8xb8-8x8x1-cosine-10e_ava21-rgb.py",
     "slowonly": "detection/slowonly/"
     "slowonly_kinetics400-pretrained-r50_8xb16-4x16x1-20e_ava21-rgb.py",
 }
-
-
-def stub_compiled_ops() -> None:
-    """mmcv._ext as a module whose every attribute is a function that raises when called."""
-
-    def missing(name: str):
-        if name.startswith("__"):  # module protocol (__file__, __path__, ...): not an op
-            raise AttributeError(name)
-
-        def fail(*args, **kwargs):
-            raise RuntimeError(f"mmcv._ext.{name} called: compiled ops are not installed")
-
-        return fail
-
-    ext = types.ModuleType("mmcv._ext")
-    ext.__getattr__ = missing  # type: ignore[attr-defined]
-    sys.modules["mmcv._ext"] = ext
 
 
 def stub_missing_drn() -> None:
@@ -105,7 +90,9 @@ def reference_roi_align(
     import torch
 
     if pool_mode != "avg":
-        raise NotImplementedError("only avg pooling is written out")
+        raise ValueError(
+            f"pool_mode {pool_mode!r}: the AVA configs pool by avg, the only mode transcribed"
+        )
     out_h, out_w = output_size if isinstance(output_size, tuple) else (output_size,) * 2
     offset = 0.5 if aligned else 0.0
     pooled = []

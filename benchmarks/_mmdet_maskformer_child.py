@@ -16,29 +16,11 @@ class and mask logits, the intermediate tensors the parent compares too, and ver
 from __future__ import annotations
 
 import sys
-import types
 from pathlib import Path
 
+from _mmcv_lite import stub_compiled_ops
+
 CONFIG = "maskformer/maskformer_r50_ms-16xb1-75e_coco.py"
-
-
-def stub_compiled_ops() -> None:
-    """mmcv-lite ships no compiled ops (mmcv._ext), yet mmdet imports mmcv.ops at import time.
-    A stand-in module whose every function raises lets the import succeed; MaskFormer with a
-    ResNet-50 calls none of them, and any call would fail loudly rather than silently."""
-
-    def missing(name: str):
-        if name.startswith("__"):  # module protocol (__file__, __path__, ...): not an op
-            raise AttributeError(name)
-
-        def fail(*args, **kwargs):
-            raise RuntimeError(f"mmcv._ext.{name} called: compiled ops are not installed")
-
-        return fail
-
-    ext = types.ModuleType("mmcv._ext")
-    ext.__getattr__ = missing  # type: ignore[attr-defined]
-    sys.modules["mmcv._ext"] = ext
 
 
 def build_reference():

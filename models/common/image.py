@@ -97,15 +97,16 @@ def padded_size(sizes: list[tuple[int, int]], multiple: int) -> tuple[int, int]:
 
 
 def pad_batch(images: list[Tensor], multiple: int = 32) -> Tensor:
-    """Stack 3 x H x W images into N x 3 x Hp x Wp, zero padding at the bottom and right.
+    """Stack images (3 x H x W, or clips 3 x T x H x W: any leading dimensions, the same for
+    all) into N x ... x Hp x Wp, zero padding at the bottom and right.
 
     Padding goes after normalisation, so padded pixels are the dataset mean, as in torchvision
     and MMDetection.
     """
     height, width = padded_size([tuple(img.shape[-2:]) for img in images], multiple)
-    batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
+    batch = images[0].new_zeros((len(images), *images[0].shape[:-2], height, width))
     for index, img in enumerate(images):
-        batch[index, :, : img.shape[1], : img.shape[2]].copy_(img)
+        batch[index, ..., : img.shape[-2], : img.shape[-1]].copy_(img)
     return batch
 
 

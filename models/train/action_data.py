@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from models.action.config import ActionConfig
 from models.action.inference import prepare_clip
-from models.common.image import scale_boxes
+from models.common.image import pad_batch, scale_boxes
 from models.data.ava import AvaBox, load_action_list, load_ava_csv
 from models.data.errors import DatasetError
 from models.train.vis_data import read_rgb
@@ -278,9 +278,4 @@ def prepare_inputs(
         boxes = torch.as_tensor(sample.boxes, dtype=torch.float32, device=clip.device)
         scaled = scale_boxes(boxes, sample.frames.shape[1:3], tuple(clip.shape[-2:]))
         rois.append(torch.cat([scaled.new_full((len(scaled), 1), float(k)), scaled], dim=1))
-    height = max(c.shape[-2] for c in clips)
-    width = max(c.shape[-1] for c in clips)
-    batch = clips[0].new_zeros((len(clips), *clips[0].shape[:2], height, width))
-    for k, clip in enumerate(clips):
-        batch[k, :, :, : clip.shape[-2], : clip.shape[-1]] = clip
-    return batch, torch.cat(rois)
+    return pad_batch(clips, multiple=1), torch.cat(rois)
