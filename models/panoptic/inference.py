@@ -149,7 +149,7 @@ def frame_logits(model: MaskFormer, frames: list[Frame]) -> list[tuple[Tensor, T
     features (Q, D). Apart from segment_frames so that a calibration can try many settings on
     one pass (models.train.panoptic)."""
     if model.training:
-        raise RuntimeError("segment_frames() needs eval mode; call model.eval() first")
+        raise RuntimeError("panoptic inference needs eval mode; call model.eval() first")
     if not frames:
         return []
     batch = prepare_frames(model, frames)
