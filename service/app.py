@@ -85,7 +85,7 @@ class ModelHost:
             if self.refused.get((family, name, version)) == signature:
                 continue  # refused as it is now: wait for its files to change
             try:
-                runners = load_runners(path, name, self.device)
+                runners = load_runners(path, name, self.device, self.worker.runner)
             except Exception as e:  # a broken checkpoint must not stop the serving one
                 kept = self.loaded.get(key)
                 log.error(

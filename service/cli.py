@@ -319,6 +319,40 @@ def segment(
             "(COCO panoptic JSON and PNGs), which `vidserve eval --task panoptic` reads."
         ),
     ] = None,
+    ava_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Action models: also write the key frames' labels as an AVA results CSV "
+            "(video id = the file's name without suffix), which `vidserve eval --task action` "
+            "reads."
+        ),
+    ] = None,
+    action_stride: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01,
+            max=3600.0,
+            help="Action models: seconds between key frames on the video's clock.",
+            show_default="1: whole seconds, as AVA",
+        ),
+    ] = None,
+    action_categories: Annotated[
+        str | None,
+        typer.Option(
+            help="Action models: comma-separated categories of the tracked objects that get "
+            "actions.",
+            show_default="all",
+        ),
+    ] = None,
+    action_min_score: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Action models: leave out labels scoring below this.",
+            show_default="0: every label",
+        ),
+    ] = None,
 ) -> None:
     """Segment and track the objects of a video in this process (no server), writing the same
     results the service answers. VOS models (stcn) follow the objects a prompt marks."""
@@ -334,10 +368,11 @@ def segment(
     from service.worker.runners import load_runner_from_store
     from service.writers.davis import write_davis_pngs
 
-    outputs = (out, davis_out, ytvis_out, panoptic_out, render)
+    outputs = (out, davis_out, ytvis_out, panoptic_out, ava_out, render)
     if not any(outputs):
         raise typer.BadParameter(
-            "nothing to write: give --out, --davis-out, --ytvis-out, --panoptic-out or --render"
+            "nothing to write: give --out, --davis-out, --ytvis-out, --panoptic-out, --ava-out "
+            "or --render"
         )
     settings = _settings(checkpoint_store=store, device=device)
     name = model or settings.default_model
@@ -345,7 +380,15 @@ def segment(
         runner = load_runner_from_store(settings.checkpoint_store, name, settings.device)
     except (LookupError, CheckpointError) as e:
         raise typer.BadParameter(str(e), param_hint="--model") from None
-    options = {} if score_threshold is None else {"score_threshold": score_threshold}
+    given = {
+        "score_threshold": score_threshold,
+        "action_stride": action_stride,
+        "action_categories": action_categories,
+        "action_min_score": action_min_score,
+    }
+    options = {name: value for name, value in given.items() if value is not None}
+    if ava_out and not runner.info.actions:
+        raise typer.BadParameter(f"model '{name}' answers no actions", param_hint="--ava-out")
     with Progress() as progress:
         task = progress.add_task(f"segmenting {video.name}", total=max_frames)
         try:
@@ -381,6 +424,10 @@ def segment(
         from service.writers.coco_panoptic import coco_panoptic_zip
 
         panoptic_out.write_bytes(coco_panoptic_zip(result, runner.info.classes, video.stem))
+    if ava_out:
+        from service.writers.ava import write_ava_results
+
+        write_ava_results(ava_out, result, runner.info.actions, video.stem)
     if render:
         from service.gateway.render import render_file
 

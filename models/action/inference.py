@@ -45,3 +45,27 @@ def probe_action_model(model: ActionDetector) -> Tensor:
     box = [0.0, width * 0.25, height * 0.25, width * 0.75, height * 0.75]
     rois = torch.tensor([box], dtype=clip.dtype, device=clip.device)
     return model.action_scores(clip, rois)
+
+
+def clip_offsets(config: ActionConfig, fps: float) -> list[float]:
+    """Seconds from a key frame to each frame of its clip, on a clock of `fps` frames a second
+    (the frames the model was trained on): clip_len frames frame_interval apart, clip_len // 2
+    of them before the key frame, as MMAction2's SampleAVAFrames takes them."""
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    half = config.clip_len // 2
+    return [config.frame_interval * (j - half) / fps for j in range(config.clip_len)]
+
+
+def look_ahead_s(config: ActionConfig, fps: float) -> float:
+    """How far past a key frame its clip reaches: the wait before its actions can be known."""
+    return clip_offsets(config, fps)[-1]
+
+
+def shrink_frame(frame: Frame, short_side: int) -> Tensor:
+    """A frame resized as prepare_clip resizes it (short side, ratio kept), kept as uint8
+    (H', W', 3): what a clip buffer holds, a quarter of the float's bytes; prepare_clip takes it
+    back unchanged in size."""
+    image = to_float_image(frame)
+    image = resize_image(image, clip_size(*image.shape[-2:], short_side))
+    return image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()

@@ -19,6 +19,7 @@ class Label:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 (exclusive) in frame pixels
     colour: tuple[int, int, int]
     text: str
+    below: str = ""  # a second text under the box (an action label)
 
 
 def draw_labels(
@@ -41,6 +42,19 @@ def draw_labels(
         cv2.putText(
             out, label.text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.4, label.colour, 1, cv2.LINE_AA
         )
+        if label.below:
+            under = (p1[0], min(p2[1] + 12, out.shape[0] - 4))
+            for colour, thickness in (((0, 0, 0), 3), (label.colour, 1)):
+                cv2.putText(
+                    out,
+                    label.below,
+                    under,
+                    cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4,
+                    colour,
+                    thickness,
+                    cv2.LINE_AA,
+                )
     if caption:
         cv2.putText(
             out,

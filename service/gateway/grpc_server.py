@@ -45,6 +45,9 @@ MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 # Frames up to this many pixels (by their header) decode in the event loop, in well under a
 # millisecond or two; larger ones in a thread, so that no frame holds up the other clients.
 INLINE_DECODE_PIXELS = 640 * 480
+# The clock of stream frames that carry no time (SessionConfig.fps overrides it).
+DEFAULT_STREAM_FPS = 25.0
+MAX_STREAM_FPS = 1000.0
 
 GRPC_CODE = {
     ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -70,7 +73,8 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
             await context.send_initial_metadata(
                 (("vidserve-session", "accepted"), (requestid.HEADER, requestid.current()))
             )
-            frames = _stream_frames(request_iterator, self.ctx, model)
+            fps = config.fps if config.HasField("fps") else DEFAULT_STREAM_FPS
+            frames = _stream_frames(request_iterator, self.ctx, model, fps)
             events = []
             try:
                 async for event in run_session(
@@ -145,6 +149,7 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
                     classes=list(m.classes),
                     takes_prompt=m.takes_prompt,
                     stages=[pb.Stage(name=n, version=v) for n, v in m.stage_list()],
+                    actions=list(m.actions),
                 )
                 for m in await self.ctx.transport.models()
             ]
@@ -166,6 +171,16 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
                     grpc.StatusCode.INVALID_ARGUMENT, "score_threshold must be in [0, 1]"
                 )
             options["score_threshold"] = config.score_threshold
+        if config.HasField("fps") and not 0.0 < config.fps <= MAX_STREAM_FPS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"fps must be in (0, {MAX_STREAM_FPS:g}]"
+            )
+        # The worker checks the action options (a model without an action stage refuses them).
+        for option in ("action_stride", "action_min_score"):
+            if config.HasField(option):
+                options[option] = getattr(config, option)
+        if config.action_categories:
+            options["action_categories"] = config.action_categories
         return served[name], options
 
 
@@ -205,7 +220,7 @@ class _Reserved:
 
 
 async def _stream_frames(
-    requests, ctx: ServiceContext, model: ModelInfo
+    requests, ctx: ServiceContext, model: ModelInfo, fps: float = DEFAULT_STREAM_FPS
 ) -> AsyncIterator[InputFrame]:
     """Decode the stream's frames; the first frame fixes the size the others must have.
 
@@ -249,7 +264,7 @@ async def _stream_frames(
                 "Frame size changes",
                 f"frame {index} is {w}x{h}, the first was {size[1]}x{size[0]}",
             )
-        time = frame.time if frame.HasField("time") else index / 25.0
+        time = frame.time if frame.HasField("time") else index / fps
         prompt = None
         if frame.prompts:
             prompt = _frame_prompt(frame.prompts, index, (h, w), model, prompted)

@@ -19,22 +19,47 @@ STUFF_OPACITY = 0.45
 OUTLINE_PX = 2
 
 
-def frame_labels(result: FrameResult) -> list[Label]:
+def frame_labels(result: FrameResult, actions: dict[int, str] | None = None) -> list[Label]:
+    """Each object's mask, box and `<id> <category> <score>`; under it, its track's action text
+    (`actions`: track id -> text, else the object's own best label)."""
     labels = []
     for k, obj in enumerate(result.objects):
         key = obj.track_id if obj.track_id is not None else k + 1
         text = f"{key} {obj.category} {obj.score:.2f}"
-        if obj.actions:
-            text += " " + obj.actions[0].label
+        below = (actions or {}).get(obj.track_id, "") or action_text(obj)
         mask = decode_rle(obj.mask.model_dump()).astype(bool)
-        labels.append(Label(mask, obj.box, id_colour(key), text))
+        labels.append(Label(mask, obj.box, id_colour(key), text, below))
     return labels
 
 
-def draw_result(image: np.ndarray, result: FrameResult) -> np.ndarray:
+def action_text(obj) -> str:
+    """The object's best action label and score ('' without one)."""
+    if not obj.actions:
+        return ""
+    best = max(obj.actions, key=lambda label: label.score)
+    return f"{best.label} {best.score:.2f}"
+
+
+class ActionCarry:
+    """Actions are scored at key frames (once a second); a video shows each track's latest
+    labels on the frames after its key frame too, until the next one."""
+
+    def __init__(self):
+        self.latest: dict[int, str] = {}
+
+    def update(self, result: FrameResult) -> dict[int, str]:
+        for obj in result.objects:
+            if obj.track_id is not None and obj.actions:
+                self.latest[obj.track_id] = action_text(obj)
+        return self.latest
+
+
+def draw_result(
+    image: np.ndarray, result: FrameResult, actions: dict[int, str] | None = None
+) -> np.ndarray:
     """One frame's results drawn on a copy of it: its panoptic segments, then its objects."""
     drawn = draw_segments(image, result.segments) if result.segments else image
-    return draw_labels(drawn, frame_labels(result))
+    return draw_labels(drawn, frame_labels(result, actions))
 
 
 def draw_segments(image: np.ndarray, segments: list[Segment]) -> np.ndarray:
@@ -74,10 +99,12 @@ def render_frames(video: Path, results: list[FrameResult]) -> np.ndarray:
     """The frames that have results, with the results drawn on them (even sizes for H.264)."""
     wanted = {r.frame_index: r for r in results}
     drawn = []
+    carry = ActionCarry()
     with av.open(str(video)) as container:
         for index, frame in enumerate(container.decode(video=0)):
             if index in wanted:
-                drawn.append(draw_result(frame.to_ndarray(format="rgb24"), wanted[index]))
+                actions = carry.update(wanted[index])
+                drawn.append(draw_result(frame.to_ndarray(format="rgb24"), wanted[index], actions))
             if len(drawn) == len(wanted):
                 break
     return _even(np.stack(drawn))

@@ -99,12 +99,22 @@ class SegmentForm:
     prompt: UploadFile | None = None
     prompt_rle: str | None = None
     prompt_frame: int | None = None
+    action_stride: float | None = None
+    action_categories: str | None = None
+    action_min_score: float | None = None
     _prompt_data: bytes | None = field(default=None, repr=False)
 
     @property
     def options(self) -> dict:
-        """The options the worker gets (the model's defaults for what is not given)."""
-        return {} if self.score_threshold is None else {"score_threshold": self.score_threshold}
+        """The options the worker gets (the model's defaults for what is not given; the worker
+        checks them: a model that does not take one answers 400)."""
+        given = {
+            "score_threshold": self.score_threshold,
+            "action_stride": self.action_stride,
+            "action_categories": self.action_categories,
+            "action_min_score": self.action_min_score,
+        }
+        return {name: value for name, value in given.items() if value is not None}
 
     async def prompt_png(self, max_bytes: int) -> bytes | None:
         """The prompt PNG's bytes (read once; 413 over the upload limit), None when not sent."""
@@ -158,10 +168,38 @@ async def segment_form(
         int | None,
         Form(ge=0, description="VOS models: the frame the prompt marks (default 0)"),
     ] = None,
+    action_stride: Annotated[
+        float | None,
+        Form(
+            description="Action models: seconds between key frames, on the video's clock "
+            "(default 1: whole seconds, as AVA; 0.01 to 3600)"
+        ),
+    ] = None,
+    action_categories: Annotated[
+        str | None,
+        Form(
+            description="Action models: comma-separated categories of the tracked objects "
+            "that get actions (default: all)"
+        ),
+    ] = None,
+    action_min_score: Annotated[
+        float | None,
+        Form(description="Action models: leave out labels scoring below this (default 0: all)"),
+    ] = None,
 ) -> SegmentForm:
     """The form as a dependency (FastAPI validates each field: 400 Bad parameters)."""
     return SegmentForm(
-        video, model, score_threshold, frame_stride, max_frames, prompt, prompt_rle, prompt_frame
+        video,
+        model,
+        score_threshold,
+        frame_stride,
+        max_frames,
+        prompt,
+        prompt_rle,
+        prompt_frame,
+        action_stride,
+        action_categories,
+        action_min_score,
     )
 
 
@@ -259,6 +297,7 @@ def create_app(ctx: ServiceContext) -> FastAPI:
                     "classes": list(m.classes),
                     "takes_prompt": m.takes_prompt,
                     "stages": [{"name": n, "version": v} for n, v in m.stage_list()],
+                    "actions": list(m.actions),
                 }
                 for m in await ctx.transport.models()
             ]

@@ -392,6 +392,7 @@ def model_info(data: dict) -> ModelInfo:
     """A ModelInfo from a heartbeat (fields this side does not know are ignored)."""
     known = {k: v for k, v in data.items() if k in _MODEL_INFO_FIELDS}
     known["classes"] = tuple(known.get("classes", ()))
+    known["actions"] = tuple(known.get("actions", ()))
     if "stages" in known:
         known["stages"] = tuple(tuple(stage) for stage in known["stages"])
     return ModelInfo(**known)

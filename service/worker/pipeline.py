@@ -25,6 +25,7 @@ class StageHead(ABC):
     name: str
     version: str
     option_names: tuple[str, ...] = ()  # the session options this stage takes
+    actions: tuple[str, ...] = ()  # the action labels it answers (GET /v1/models lists them)
 
     def open_session(self, options: dict) -> object:
         """Validate this stage's options (raise OptionError); its per-session state."""
@@ -64,6 +65,7 @@ class PipelineRunner(ModelRunner):
             takes_prompt=first.info.takes_prompt,
             one_frame_per_batch=first.info.one_frame_per_batch or not first.stateful,
             stages=stages,
+            actions=tuple(label for head in heads for label in head.actions),
         )
 
     def open_session(self, options: dict) -> PipelineSession:
@@ -118,11 +120,19 @@ def unregister_pipeline(name: str) -> None:
     _PIPELINES.pop(name, None)
 
 
+def registered_pipelines() -> dict[str, PipelineSpec]:
+    return dict(_PIPELINES)
+
+
+def build_pipeline(spec: PipelineSpec, first: ModelRunner) -> PipelineRunner:
+    return PipelineRunner(spec.name, spec.task, first, spec.heads(first))
+
+
 def pipelines_over(runners: list[ModelRunner]) -> list[PipelineRunner]:
     """The registered pipelines whose first stage is one of `runners`."""
     by_name = {r.info.name: r for r in runners}
     return [
-        PipelineRunner(spec.name, spec.task, by_name[spec.first], spec.heads(by_name[spec.first]))
+        build_pipeline(spec, by_name[spec.first])
         for spec in _PIPELINES.values()
         if spec.first in by_name
     ]

@@ -57,6 +57,8 @@ class ModelInfo:
     one_frame_per_batch: bool = True
     # (name, version) of every stage behind this model; empty means the model itself alone.
     stages: tuple[tuple[str, str], ...] = ()
+    # The action labels a model with an action stage answers (in its columns' order).
+    actions: tuple[str, ...] = ()
 
     def stage_list(self) -> list[tuple[str, str]]:
         return list(self.stages) or [(self.name, self.version)]

@@ -10,14 +10,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SessionConfig(_message.Message):
-    __slots__ = ("model", "score_threshold", "summary")
+    __slots__ = ("model", "score_threshold", "summary", "fps", "action_stride", "action_categories", "action_min_score")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_STRIDE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    ACTION_MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     model: str
     score_threshold: float
     summary: bool
-    def __init__(self, model: _Optional[str] = ..., score_threshold: _Optional[float] = ..., summary: _Optional[bool] = ...) -> None: ...
+    fps: float
+    action_stride: float
+    action_categories: str
+    action_min_score: float
+    def __init__(self, model: _Optional[str] = ..., score_threshold: _Optional[float] = ..., summary: _Optional[bool] = ..., fps: _Optional[float] = ..., action_stride: _Optional[float] = ..., action_categories: _Optional[str] = ..., action_min_score: _Optional[float] = ...) -> None: ...
 
 class Mask(_message.Message):
     __slots__ = ("height", "width", "counts", "size")
@@ -212,20 +220,22 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "version", "classes", "takes_prompt", "stages")
+    __slots__ = ("name", "task", "version", "classes", "takes_prompt", "stages", "actions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     TAKES_PROMPT_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     version: str
     classes: _containers.RepeatedScalarFieldContainer[str]
     takes_prompt: bool
     stages: _containers.RepeatedCompositeFieldContainer[Stage]
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., version: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., takes_prompt: _Optional[bool] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ...) -> None: ...
+    actions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., version: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., takes_prompt: _Optional[bool] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., actions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
