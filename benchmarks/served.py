@@ -16,13 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class served:
-    """`vidserve serve --store store` on free ports while the block runs; yields its URL."""
+    """`vidserve serve --store store` on free ports while the block runs; yields its URL.
+    Its gRPC target is `.grpc_target` and its process `.process` (for its pid)."""
 
     def __init__(self, store: Path):
         self.store = store
 
     def __enter__(self) -> str:
         port, grpc_port = _free_port(), _free_port()
+        self.grpc_target = f"127.0.0.1:{grpc_port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--store", str(self.store)]
             + ["--port", str(port), "--grpc-port", str(grpc_port)],

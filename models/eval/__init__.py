@@ -27,7 +27,8 @@ def evaluate_files(
     instance  COCO instances JSON               | COCO results JSON list
     vos       DAVIS root (`split`, default val) | folder of <video>/<frame>.png palette masks
     panoptic  COCO panoptic JSON (+ PNG folder) | COCO panoptic JSON (+ PNG folder)
-    action    AVA CSV (`labelmap`: class list)  | AVA CSV with scores
+    action    AVA CSV (`labelmap`: class list)  | AVA CSV with scores, or the service's answers
+              (<video>.json or a folder of them; `labelmap` by default the one beside the CSV)
     """
     if task == "vis":
         from models.eval.vis import evaluate_vis_files

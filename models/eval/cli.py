@@ -36,14 +36,19 @@ def eval_command(
             help="Predictions in the matching format (for vos a "
             "folder of <video>/<frame>.png palette masks; for panoptic also the service's "
             "answers as they come: a POST /v1/segment JSON or its application/zip, or a folder "
-            "of them named <video>.json / <video>.zip)."
+            "of them named <video>.json / <video>.zip; for action also the service's JSON "
+            "answers: a <video>.json or a folder of them)."
         ),
     ],
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the numbers here as JSON.")
     ] = None,
     labelmap: Annotated[
-        Path | None, typer.Option(help="action: AVA action list (pbtxt) of the classes to score.")
+        Path | None,
+        typer.Option(
+            help="action: AVA action list (pbtxt) of the classes to score, and the ids of the "
+            "answers' action names (default for answers: the *action_list*.pbtxt beside --gt)."
+        ),
     ] = None,
     split: Annotated[
         str | None, typer.Option(help="vos: DAVIS split (default val, or the only one listed).")

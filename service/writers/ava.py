@@ -2,6 +2,8 @@
 `video_id, timestamp, x1, y1, x2, y2, action_id, score` (the box normalised to [0, 1]), as the
 official AVA evaluation (and models.data.ava, models.eval.action) reads.
 
+The rows are models.eval.action.answer_rows of the response, the very rows `vidserve eval`
+scores when given the response's JSON:
 - rows come from the labels on the key frames' objects (service.schemas.build_response puts
   each ActionsResult there, with `key_frame` set); a track absent from its key frame has no box,
   so no row;
@@ -18,39 +20,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from models.data.ava import AvaBox, write_ava_csv
+from models.eval.action import answer_rows
 from service.schemas import SegmentResponse
-from service.writers.common import category_id, category_ids
+from service.writers.common import category_ids
 
 
 def ava_rows(
     response: SegmentResponse, actions: Sequence[str] | Mapping[str, int], video_id: str
 ) -> list[AvaBox]:
-    ids = category_ids(actions)
-    rows = []
-    for frame in sorted(response.frames, key=lambda f: f.frame_index):
-        for obj in frame.objects:
-            labels = [a for a in obj.actions if a.key_frame in (None, frame.frame_index)]
-            if not labels:
-                continue
-            x1, y1, x2, y2 = obj.box
-            box = (
-                _unit(x1 / response.width),
-                _unit(y1 / response.height),
-                _unit(x2 / response.width),
-                _unit(y2 / response.height),
-            )
-            for label in labels:
-                rows.append(
-                    AvaBox(
-                        video_id,
-                        frame.time,
-                        box,
-                        category_id(ids, label.label),
-                        person_id=obj.track_id,
-                        score=float(label.score),
-                    )
-                )
-    return rows
+    # A label not in `actions` raises models.eval.errors.EvalInputError (a ValueError).
+    return answer_rows(response.model_dump(), category_ids(actions), video_id)
 
 
 def write_ava_results(
@@ -63,7 +42,3 @@ def write_ava_results(
     rows = ava_rows(response, actions, video_id)
     write_ava_csv(path, rows)
     return len(rows)
-
-
-def _unit(value: float) -> float:
-    return min(max(float(value), 0.0), 1.0)
