@@ -583,6 +583,10 @@ def error_parts(error: Exception) -> tuple[int, str, str]:
     if isinstance(error, InputError):
         return error.status, error.title, error.detail
     if isinstance(error, SessionError):
+        if error.code == ErrorCode.INVALID_ARGUMENT and error.frame_index is None:
+            # Refused when the session opened: its options are bad parameters, as a form
+            # field out of range is (a frame or prompt that does not fit stays 422).
+            return 400, "Bad parameters", error.message
         status = HTTP_STATUS.get(error.code, 500)
         title = {
             503: "Session failed",
