@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import numbers
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +39,11 @@ Video = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
 PromptMask = np.ndarray | Mask
 # A stream's frame: an encoded image (JPEG, PNG) or an (H, W, 3) uint8 RGB array.
 Frame = bytes | np.ndarray
+# What a stream takes: a frame, or a (frame, time in seconds) pair for frames on a clock of
+# their own (a camera's); frames without a time are index / fps.
+TimedFrame = Frame | tuple[Frame, float]
+# Action categories: one comma-separated string ("person,dog") or a list of names.
+Categories = str | Iterable[str]
 
 
 class VideoSource:
@@ -96,21 +103,47 @@ class Options:
     max_frames: int | None = None
     prompt: Mapping[int, PromptMask] | None = None
     prompt_frame: int | None = None
+    # Action models (slowfast-acrn): seconds between key frames, the categories of the objects
+    # that get actions, the lowest label score answered.
+    action_stride: float | None = None
+    action_categories: Categories | None = None
+    action_min_score: float | None = None
 
     def form(self) -> dict[str, str]:
+        """The form fields of the options given; one left as None is not sent, so the service
+        uses its default (and a model without an action stage sees no action option)."""
         fields = {
             "model": self.model,
             "score_threshold": self.score_threshold,
             "frame_stride": self.frame_stride,
             "max_frames": self.max_frames,
             "prompt_frame": self.prompt_frame,
+            "action_stride": self.action_stride,
+            "action_min_score": self.action_min_score,
         }
+        if self.action_categories is not None:
+            fields["action_categories"] = categories_text(self.action_categories)
         form = {name: str(value) for name, value in fields.items() if value is not None}
         if self.prompt is not None:
             form["prompt_rle"] = json.dumps(
                 {str(object_id): mask.to_dict() for object_id, mask in prompt_masks(self.prompt)}
             )
         return form
+
+
+def categories_text(categories: Categories) -> str:
+    """Action categories as the service takes them: one comma-separated string. A string is
+    sent as it is; a list is checked (names, no commas) so that a mistake is not a category the
+    service does not know."""
+    if isinstance(categories, str):
+        return categories
+    names = list(categories)
+    if not names:
+        raise ValueError("action_categories is empty: leave it out (None) for every category")
+    for name in names:
+        if not isinstance(name, str) or not name or "," in name:
+            raise ValueError(f"{name!r} is not a category name (a non-empty str without commas)")
+    return ",".join(names)
 
 
 def prompt_masks(prompt: Mapping[int, PromptMask]) -> list[tuple[int, Mask]]:
@@ -185,11 +218,27 @@ def open_channel(target: str, credentials: grpc.ChannelCredentials | None, aio: 
 
 
 def session_config(
-    model: str | None, score_threshold: float | None, summary: bool
+    model: str | None,
+    score_threshold: float | None,
+    summary: bool,
+    *,
+    fps: float | None = None,
+    action_stride: float | None = None,
+    action_categories: Categories | None = None,
+    action_min_score: float | None = None,
 ) -> pb.StreamRequest:
-    return pb.StreamRequest(
-        config=pb.SessionConfig(model=model or "", score_threshold=score_threshold, summary=summary)
+    """A stream's first message. None leaves an optional field unset: the service's default."""
+    categories = "" if action_categories is None else categories_text(action_categories)
+    config = pb.SessionConfig(
+        model=model or "",
+        score_threshold=score_threshold,
+        summary=summary,
+        fps=fps,
+        action_stride=action_stride,
+        action_categories=categories,
+        action_min_score=action_min_score,
     )
+    return pb.StreamRequest(config=config)
 
 
 def stream_prompts(
@@ -214,8 +263,30 @@ def stream_prompts(
     return out
 
 
-def frame_request(frame: Frame, index: int, prompts: list[pb.ObjectPrompt]) -> pb.StreamRequest:
-    """A frame as an ImageFrame: encoded images as they are, arrays as PNG."""
+def split_frame(item: TimedFrame, index: int) -> tuple[Frame, float | None]:
+    """A stream's item as (frame, time): a (frame, seconds) pair, or a frame alone (no time)."""
+    if not isinstance(item, tuple):
+        return item, None
+    if len(item) != 2:
+        raise TypeError(f"frame {index} is a tuple of {len(item)}: a timed frame is (frame, time)")
+    frame, time = item
+    # bool is an int to Python, but True as a time is a mistake
+    if isinstance(time, bool) or not isinstance(time, numbers.Real) or not math.isfinite(time):
+        raise ValueError(f"the time of frame {index} is {time!r}: seconds, a finite number")
+    return frame, float(time)
+
+
+def is_array_frame(item: TimedFrame) -> bool:
+    """Whether the item's frame is an array (PNG-encoded before sending, which takes time)."""
+    frame = item[0] if isinstance(item, tuple) and item else item
+    return isinstance(frame, np.ndarray)
+
+
+def frame_request(
+    frame: Frame, index: int, prompts: list[pb.ObjectPrompt], time: float | None = None
+) -> pb.StreamRequest:
+    """A frame as an ImageFrame: encoded images as they are, arrays as PNG; `time` (seconds)
+    when given, else the service counts it as index / the config's fps."""
     if isinstance(frame, (bytes, bytearray, memoryview)):
         image = bytes(frame)
     elif isinstance(frame, np.ndarray):
@@ -225,7 +296,8 @@ def frame_request(frame: Frame, index: int, prompts: list[pb.ObjectPrompt]) -> p
             f"frame {index} is a {type(frame).__name__}: a frame is an encoded image (bytes) or "
             "an (H, W, 3) uint8 RGB array"
         )
-    return pb.StreamRequest(frame=pb.ImageFrame(image=image, frame_index=index, prompts=prompts))
+    message = pb.ImageFrame(image=image, frame_index=index, time=time, prompts=prompts)
+    return pb.StreamRequest(frame=message)
 
 
 @dataclass
@@ -240,11 +312,12 @@ class StreamState:
     admitted: bool = False
     error: BaseException | None = None
 
-    def request(self, frame: Frame, index: int) -> pb.StreamRequest:
+    def request(self, item: TimedFrame, index: int) -> pb.StreamRequest:
+        frame, time = split_frame(item, index)
         prompts = self.prompts.get(index, [])
         if prompts:
             self.sent_prompts.add(index)
-        return frame_request(frame, index, prompts)
+        return frame_request(frame, index, prompts, time)
 
     def check_prompts_sent(self) -> None:
         unsent = sorted(set(self.prompts) - self.sent_prompts)

@@ -10,10 +10,9 @@ from typing import TypeVar
 
 import grpc
 import httpx
-import numpy as np
 
 from . import _base
-from ._base import Frame, Options, PromptMask, StreamState, Video, VideoSource
+from ._base import Categories, Options, PromptMask, StreamState, TimedFrame, Video, VideoSource
 from ._proto import vidserve_pb2 as pb
 from ._proto import vidserve_pb2_grpc as pb_grpc
 from .client import _job_result
@@ -64,9 +63,22 @@ class AsyncClient:
         max_frames: int | None = None,
         prompt: Mapping[int, PromptMask] | None = None,
         prompt_frame: int | None = None,
+        action_stride: float | None = None,
+        action_categories: Categories | None = None,
+        action_min_score: float | None = None,
     ) -> SegmentResult:
         """Client.segment, awaited."""
-        options = Options(model, score_threshold, frame_stride, max_frames, prompt, prompt_frame)
+        options = Options(
+            model,
+            score_threshold,
+            frame_stride,
+            max_frames,
+            prompt,
+            prompt_frame,
+            action_stride=action_stride,
+            action_categories=action_categories,
+            action_min_score=action_min_score,
+        )
         body = await self._upload("/v1/segment", video, options)
         return SegmentResult.from_dict(body, await self._classes_of(body["model"]))
 
@@ -80,9 +92,22 @@ class AsyncClient:
         max_frames: int | None = None,
         prompt: Mapping[int, PromptMask] | None = None,
         prompt_frame: int | None = None,
+        action_stride: float | None = None,
+        action_categories: Categories | None = None,
+        action_min_score: float | None = None,
     ) -> Job:
         """Client.submit, awaited."""
-        options = Options(model, score_threshold, frame_stride, max_frames, prompt, prompt_frame)
+        options = Options(
+            model,
+            score_threshold,
+            frame_stride,
+            max_frames,
+            prompt,
+            prompt_frame,
+            action_stride=action_stride,
+            action_categories=action_categories,
+            action_min_score=action_min_score,
+        )
         return Job.from_dict(await self._upload("/v1/jobs", video, options))
 
     async def job(self, job: Job | str) -> Job:
@@ -110,18 +135,30 @@ class AsyncClient:
 
     async def stream(
         self,
-        frames: Iterable[Frame] | AsyncIterable[Frame],
+        frames: Iterable[TimedFrame] | AsyncIterable[TimedFrame],
         model: str | None = None,
         *,
         prompts: Mapping[int, Mapping[int, PromptMask]] | None = None,
         score_threshold: float | None = None,
         summary: bool = False,
         timeout: float | None = None,
+        fps: float | None = None,
+        action_stride: float | None = None,
+        action_categories: Categories | None = None,
+        action_min_score: float | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """Client.stream as an async iterator; `frames` may also be an async iterable (a plain
         iterable is read in the event loop: it should not block)."""
         state = StreamState(_base.stream_prompts(prompts))
-        config = _base.session_config(model, score_threshold, summary)
+        config = _base.session_config(
+            model,
+            score_threshold,
+            summary,
+            fps=fps,
+            action_stride=action_stride,
+            action_categories=action_categories,
+            action_min_score=action_min_score,
+        )
         call, gate = await self._retrying(lambda: self._open_stream(config, frames, state, timeout))
         try:
             async for message in call:
@@ -151,7 +188,7 @@ class AsyncClient:
             try:
                 index = 0
                 async for frame in _aiter(frames):
-                    if isinstance(frame, np.ndarray):  # PNG encoding: off the event loop
+                    if _base.is_array_frame(frame):  # PNG encoding: off the event loop
                         yield await asyncio.to_thread(state.request, frame, index)
                     else:
                         yield state.request(frame, index)

@@ -11,7 +11,7 @@ import grpc
 import httpx
 
 from . import _base
-from ._base import Frame, Options, PromptMask, StreamState, Video, VideoSource
+from ._base import Categories, Options, PromptMask, StreamState, TimedFrame, Video, VideoSource
 from ._proto import vidserve_pb2 as pb
 from ._proto import vidserve_pb2_grpc as pb_grpc
 from .errors import VidserveError, from_grpc
@@ -72,14 +72,30 @@ class Client:
         max_frames: int | None = None,
         prompt: Mapping[int, PromptMask] | None = None,
         prompt_frame: int | None = None,
+        action_stride: float | None = None,
+        action_categories: Categories | None = None,
+        action_min_score: float | None = None,
     ) -> SegmentResult:
         """Segment a whole video (POST /v1/segment) and return its result.
 
         video: a path, bytes, or a binary file object. model: a served model (default: the
         service's). prompt: for a prompted model (`stcn`), {object id: (H, W) bool mask} of
-        frame `prompt_frame` (default 0).
+        frame `prompt_frame` (default 0). For an action model (`slowfast-acrn`): action_stride,
+        seconds between key frames (default 1); action_categories, the categories of the tracked
+        objects that get actions ("person,dog" or ["person", "dog"]; default all);
+        action_min_score, labels scoring below it are left out. An option left None is not sent.
         """
-        options = Options(model, score_threshold, frame_stride, max_frames, prompt, prompt_frame)
+        options = Options(
+            model,
+            score_threshold,
+            frame_stride,
+            max_frames,
+            prompt,
+            prompt_frame,
+            action_stride=action_stride,
+            action_categories=action_categories,
+            action_min_score=action_min_score,
+        )
         body = self._upload("/v1/segment", video, options)
         return SegmentResult.from_dict(body, self._classes_of(body["model"]))
 
@@ -94,10 +110,23 @@ class Client:
         max_frames: int | None = None,
         prompt: Mapping[int, PromptMask] | None = None,
         prompt_frame: int | None = None,
+        action_stride: float | None = None,
+        action_categories: Categories | None = None,
+        action_min_score: float | None = None,
     ) -> Job:
         """Queue a video to be segmented in the background (POST /v1/jobs); the options are
         segment()'s. Returns the queued Job: follow it with job(), wait() or cancel()."""
-        options = Options(model, score_threshold, frame_stride, max_frames, prompt, prompt_frame)
+        options = Options(
+            model,
+            score_threshold,
+            frame_stride,
+            max_frames,
+            prompt,
+            prompt_frame,
+            action_stride=action_stride,
+            action_categories=action_categories,
+            action_min_score=action_min_score,
+        )
         return Job.from_dict(self._upload("/v1/jobs", video, options))
 
     def job(self, job: Job | str) -> Job:
@@ -130,26 +159,42 @@ class Client:
     # --- streams ---------------------------------------------------------------------------------
     def stream(
         self,
-        frames: Iterable[Frame],
+        frames: Iterable[TimedFrame],
         model: str | None = None,
         *,
         prompts: Mapping[int, Mapping[int, PromptMask]] | None = None,
         score_threshold: float | None = None,
         summary: bool = False,
         timeout: float | None = None,
+        fps: float | None = None,
+        action_stride: float | None = None,
+        action_categories: Categories | None = None,
+        action_min_score: float | None = None,
     ) -> Iterator[StreamEvent]:
         """Stream frames over gRPC (StreamFrames) and yield the events as they come: a
         FrameResult per frame, in frame order; ActionsResult for models with an action head;
         with `summary`, a last StreamSummary.
 
         frames: encoded images (JPEG/PNG bytes) or (H, W, 3) uint8 RGB arrays, numbered 0, 1,
-        ... in order. prompts: {frame index: {object id: mask}} for a prompted model: objects
-        can be added on any frame. timeout: a deadline for the whole stream (None: none).
+        ... in order; an item may also be a (frame, time) pair, its time in seconds on the
+        stream's clock (a camera's timestamps). fps: the clock of frames without a time (index /
+        fps; the service's default 25). prompts: {frame index: {object id: mask}} for a prompted
+        model: objects can be added on any frame. action_stride, action_categories,
+        action_min_score: segment()'s, for an action model. timeout: a deadline for the whole
+        stream (None: none).
         Frames are taken from `frames` only as the service admits the stream and its flow
         control allows.
         """
         state = StreamState(_base.stream_prompts(prompts))
-        config = _base.session_config(model, score_threshold, summary)
+        config = _base.session_config(
+            model,
+            score_threshold,
+            summary,
+            fps=fps,
+            action_stride=action_stride,
+            action_categories=action_categories,
+            action_min_score=action_min_score,
+        )
         call, gate = self._retrying(lambda: self._open_stream(config, frames, state, timeout))
         try:
             for message in call:

@@ -417,7 +417,8 @@ class SegmentResult:
 
 @dataclass
 class ModelInfo:
-    """A served model: its task, version, classes, whether it takes a prompt, its stages."""
+    """A served model: its task, version, classes, whether it takes a prompt, its stages, and
+    for a model with an action head the action labels it answers (empty otherwise)."""
 
     name: str
     task: str
@@ -425,6 +426,7 @@ class ModelInfo:
     classes: list[str]
     takes_prompt: bool
     stages: list[Stage]
+    actions: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ModelInfo:
@@ -435,6 +437,7 @@ class ModelInfo:
             list(data.get("classes", [])),
             bool(data.get("takes_prompt", False)),
             [Stage.from_dict(s) for s in data.get("stages", [])],
+            list(data.get("actions", [])),  # absent from an older service
         )
 
     @classmethod
@@ -446,6 +449,7 @@ class ModelInfo:
             list(message.classes),
             message.takes_prompt,
             [Stage(s.name, s.version) for s in message.stages],
+            list(message.actions),
         )
 
 
