@@ -49,6 +49,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     parser.add_argument("--store", type=Path, default=SHIPPED_CHECKPOINTS)
     parser.add_argument("--device", default="auto", help="of the ground-truth-box pass")
+    parser.add_argument(
+        "--score-threshold", type=float, help="the tracker's (default: the model's own, 0.5)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "action_quality.json")
     args = parser.parse_args()
 
@@ -60,7 +63,10 @@ def main() -> None:
         gt_csv = root / "ava" / "annotations" / f"ava_{SPLIT}_v2.2.csv"
         answers = Path(tmp) / "answers"
         with served(args.store) as url:
-            detected = score_answers(url, args.model, root / "videos", meta["videos"], answers)
+            form = {"model": args.model}
+            if args.score_threshold is not None:
+                form["score_threshold"] = str(args.score_threshold)
+            detected = score_answers(url, form, root / "videos", meta["videos"], answers)
         detected["result"] = evaluate_action_files(gt_csv, answers).to_dict()
         version = served_version(answers, args.model)
         truth_boxes = score_ground_truth_boxes(
@@ -70,6 +76,7 @@ def main() -> None:
         "held_out": {"seed": args.seed, "videos": args.videos, "frames": args.frames},
         "command": " ".join(["uv run python benchmarks/action_quality.py", *sys.argv[1:]]),
         "model": args.model,
+        "score_threshold": args.score_threshold,
         "version": version,
         "detected_boxes": {
             "metrics": detected["result"]["metrics"],
@@ -83,15 +90,16 @@ def main() -> None:
     print(f"report: {args.out}")
 
 
-def score_answers(url: str, model: str, videos: Path, names: list[str], answers: Path) -> dict:
-    """Post every video to `model`, saving each answer as <video>.json in `answers`."""
+def score_answers(url: str, form: dict, videos: Path, names: list[str], answers: Path) -> dict:
+    """Post every video with the `form` (the model, its options), saving each answer as
+    <video>.json in `answers`."""
     answers.mkdir(parents=True)
     started = time.monotonic()
     for name in names:
         path = videos / f"{name}.mp4"
         response = httpx.post(
             f"{url}/v1/segment",
-            data={"model": model},
+            data=form,
             files={"video": (path.name, path.read_bytes(), "video/mp4")},
             timeout=1800,
         )

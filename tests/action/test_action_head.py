@@ -88,7 +88,7 @@ def test_the_stride_option_sets_the_seconds_between_key_frames(head):
 def test_a_stream_at_the_training_rate_gets_mmaction2s_clip(head):
     """At the training frame rate, the clip of the frames nearest the clip times is exactly the
     clip MMAction2's SampleAVAFrames takes around the key frame (clamped at the start), and the
-    head's scores are the model's on that clip."""
+    head's scores are the model's on that clip times the tracker's score of the actor."""
     state = head.open_session({})
     answered = stream(head, state, 16, fps=8.0)
     key_8 = next(o for batch in answered for o in batch if o.key_frame == 8)
@@ -105,7 +105,8 @@ def test_a_stream_at_the_training_rate_gets_mmaction2s_clip(head):
     by_track = {t.track_id: {a.label: a.score for a in t.actions} for t in key_8.tracks}
     for row, track_id in enumerate((1, 2)):
         for column, name in enumerate(ACTION_NAMES):
-            assert by_track[track_id][name] == pytest.approx(float(expected[row, column]), abs=1e-5)
+            want = float(expected[row, column]) * 0.9  # the tracker's score of the actor
+            assert by_track[track_id][name] == pytest.approx(want, abs=1e-5)
 
 
 def buffered(head, state, count: int, fps: float):
