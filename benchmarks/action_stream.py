@@ -48,7 +48,7 @@ from models.checkpoints.checkpoint import read_manifest  # noqa: E402
 from models.checkpoints.store import CheckpointStore  # noqa: E402
 from models.data.synthetic.export import generate_video  # noqa: E402
 from models.data.synthetic.world import WorldConfig  # noqa: E402
-from service.worker.runners.action import AVA_FPS, TIME_EPSILON  # noqa: E402
+from service.worker.runners.action import AVA_FPS, MAX_RATE_FACTOR, TIME_EPSILON  # noqa: E402
 
 MODEL = "slowfast-acrn"
 FPS = 8  # the synthetic world's frame rate: the stream's clock
@@ -90,11 +90,13 @@ def key_frames(times: list[float], stride_s: float = KEY_STRIDE_S) -> list[int]:
 
 
 def buffered_frames(times: list[float], training_fps: float) -> list[int]:
-    """The frames the head keeps in its clip buffer: it drops a frame closer than half a training
-    frame after the last one kept (a stream over twice the model's rate is thinned)."""
+    """The frames the head keeps in its clip buffer: it drops a frame closer than
+    1 / (MAX_RATE_FACTOR x the training rate) after the last one kept (a faster stream is
+    thinned)."""
+    gap = 1.0 / (MAX_RATE_FACTOR * training_fps) - TIME_EPSILON
     kept: list[int] = []
     for index, t in enumerate(times):
-        if not kept or t - times[kept[-1]] >= 0.5 / training_fps:
+        if not kept or t - times[kept[-1]] >= gap:
             kept.append(index)
     return kept
 

@@ -43,7 +43,7 @@ def head_schedule(head: ActionHead, times: list[float]) -> tuple[list[int], dict
     return keys, answered_at
 
 
-@pytest.mark.parametrize("fps", [8.0, 5.0, 30.0])
+@pytest.mark.parametrize("fps", [8.0, 5.0, 30.0, 100.0])
 def test_key_frames_and_last_needed_frames_are_the_heads(small_model, fps):
     head = ActionHead(small_model, "slowfast-acrn", "v1", ["a", "b"], TRAINING_FPS, ["person"])
     clock = Clock(head.look_ahead_s, TRAINING_FPS)
