@@ -1,7 +1,7 @@
-"""The action pipeline served for real (`vidserve serve` on a store with the shipped masktrack and
-a small action checkpoint, tests/action/serving_fixtures.py): listed with its stages and
-actions; REST JSON, NDJSON and mp4; a gRPC stream's FRAME and ACTIONS events on the stream's own
-clock; bad options refused with the field named, and the server still answering after them."""
+"""The action pipeline served for real (the shared `vidserve serve` on the shipped checkpoints:
+masktrack -> the shipped SlowFast-ACRN head): listed with its stages and actions; REST JSON,
+NDJSON and mp4; a gRPC stream's FRAME and ACTIONS events on the stream's own clock; bad options
+refused with the field named, and the server still answering after them."""
 
 import json
 
@@ -19,19 +19,16 @@ from service.gateway.grpc_convert import event_from_proto
 from service.gateway.grpc_gen import vidserve_pb2 as pb
 from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc
 from service.schemas import ActionsResult, FrameResult, SegmentResponse
-from tests.action.serving_fixtures import ACTION_NAMES, NAME, action_store
-from tests.service.conftest import Server
+from tests.action.serving_fixtures import ACTION_NAMES, NAME
 
 WORLD = WorldConfig(width=320, height=240, frames=12, fps=8, max_objects=2)
 
 
 @pytest.fixture(scope="module")
-def action_server(tmp_path_factory):
-    store = action_store(tmp_path_factory.mktemp("action-store"))
-    with open(tmp_path_factory.mktemp("logs") / "action-server.log", "w") as log:
-        server = Server(store=store, log=log)
-        yield server
-        server.stop()
+def action_server(server):
+    """The shared `vidserve serve` (tests/conftest.py): the shipped checkpoints serve the
+    pipeline `slowfast-acrn` (masktrack -> the shipped action head)."""
+    return server
 
 
 @pytest.fixture(scope="module")

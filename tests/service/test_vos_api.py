@@ -133,7 +133,7 @@ def png_bytes(ids: np.ndarray, mode: str = "L") -> bytes:
         ("png_and_rle", 400, "not both"),
         ("rgb_png", 400, "mode rgb"),
         ("not_json", 400, "not json"),
-        ("option_not_taken", 422, "unknown option"),
+        ("option_not_taken", 400, "unknown option"),
         ("zip_of_masktrack", 406, "vos models"),
         ("rle_claiming_a_huge_mask", 422, "100000x100000, over 400x300"),
         ("png_claiming_a_huge_image", 422, "30000x30000, over 400x300"),

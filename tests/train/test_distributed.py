@@ -56,11 +56,12 @@ def test_two_processes_take_the_single_process_steps(runs, family):
     # Steps 0..STEPS-1, then step STEPS of the resumed run.
     assert sorted(single) == sorted(ddp) == list(range(STEPS + 1))
     # The first two steps to 1e-4: the shards, the gradient averaging and the first update. The
-    # resumed step to 1e-3: after two AdamW updates, the elements whose true gradient is about
+    # resumed step to 5e-3: after two AdamW updates, the elements whose true gradient is about
     # zero (see below) have taken rounding-sized noise as full steps, and how large that noise is
-    # depends on the CPU's vector width: 6e-5 apart here, 1.5e-4 on a CI machine.
+    # depends on the CPU: 6e-5 apart on one machine, 1.5e-4 on another, 1.9e-3 (VIS) on an AMD
+    # EPYC build machine, with the code of before and after this bound was widened.
     for step in range(STEPS + 1):
-        rel = 1e-4 if step < STEPS else 1e-3
+        rel = 1e-4 if step < STEPS else 5e-3
         assert ddp[step] == pytest.approx(single[step], rel=rel), (family, step)
     # The steps trained: the weights moved, so the later losses compared are not the first's.
     assert len({round(v, 6) for v in single.values()}) == STEPS + 1
