@@ -232,4 +232,16 @@ def test_bad_input_does_not_disturb_requests_in_flight(server, video_file, tmp_p
         answers = [f.result() for f in in_flight]
     assert statuses == [400, 415, 422, 422]
     assert [r.status_code for r in answers] == [200, 200]
-    assert answers[0].json()["frames"] == answers[1].json()["frames"]
+    # The same answer, up to the last rounded digit of a box: the two requests' frames may share
+    # batches differently, and a batch's float sums round differently (100.45 against 100.46).
+    first, second = (
+        [
+            [(o["track_id"], o["category"], o["box"]) for o in f["objects"]]
+            for f in a.json()["frames"]
+        ]
+        for a in answers
+    )
+    assert [[o[:2] for o in f] for f in first] == [[o[:2] for o in f] for f in second]
+    for a, b in zip(first, second, strict=True):
+        for (_, _, box_a), (_, _, box_b) in zip(a, b, strict=True):
+            assert box_a == pytest.approx(box_b, abs=0.05)
