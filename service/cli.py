@@ -364,6 +364,7 @@ def segment(
     from service.gateway.prompts import read_video_prompt
     from service.gateway.video_input import InputError
     from service.local import segment_file, ytvis_results_of
+    from service.worker.options import given_options
     from service.worker.runner import OptionError
     from service.worker.runners import load_runner_from_store
     from service.writers.davis import write_davis_pngs
@@ -380,13 +381,12 @@ def segment(
         runner = load_runner_from_store(settings.checkpoint_store, name, settings.device)
     except (LookupError, CheckpointError) as e:
         raise typer.BadParameter(str(e), param_hint="--model") from None
-    given = {
-        "score_threshold": score_threshold,
-        "action_stride": action_stride,
-        "action_categories": action_categories,
-        "action_min_score": action_min_score,
-    }
-    options = {name: value for name, value in given.items() if value is not None}
+    options = given_options(
+        score_threshold=score_threshold,
+        action_stride=action_stride,
+        action_categories=action_categories,
+        action_min_score=action_min_score,
+    )
     if ava_out and not runner.info.actions:
         raise typer.BadParameter(f"model '{name}' answers no actions", param_hint="--ava-out")
     with Progress() as progress:

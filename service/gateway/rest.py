@@ -41,6 +41,7 @@ from service.queue.base import NoWorker
 from service.queue.messages import ErrorCode
 from service.schemas import Event, FrameResult, SegmentResponse, build_response
 from service.settings import api_keys
+from service.worker.options import given_options
 from service.worker.runner import ModelInfo
 from service.writers.coco_panoptic import coco_panoptic_zip
 from service.writers.davis import davis_zip
@@ -108,13 +109,12 @@ class SegmentForm:
     def options(self) -> dict:
         """The options the worker gets (the model's defaults for what is not given; the worker
         checks them: a model that does not take one answers 400)."""
-        given = {
-            "score_threshold": self.score_threshold,
-            "action_stride": self.action_stride,
-            "action_categories": self.action_categories,
-            "action_min_score": self.action_min_score,
-        }
-        return {name: value for name, value in given.items() if value is not None}
+        return given_options(
+            score_threshold=self.score_threshold,
+            action_stride=self.action_stride,
+            action_categories=self.action_categories,
+            action_min_score=self.action_min_score,
+        )
 
     async def prompt_png(self, max_bytes: int) -> bytes | None:
         """The prompt PNG's bytes (read once; 413 over the upload limit), None when not sent."""

@@ -26,3 +26,9 @@ def read_options(options: dict, spec: OptionSpec) -> dict:
             raise OptionError(f"option {name}={value} is outside [{low}, {high}]")
         values[name] = value
     return values
+
+
+def given_options(**values) -> dict:
+    """The session options a client gave: those left None are not sent, so the model's own
+    defaults apply (and a model without, say, an action stage sees no action option)."""
+    return {name: value for name, value in values.items() if value is not None}

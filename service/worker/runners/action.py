@@ -231,7 +231,8 @@ class ActionHead(StageHead):
 
     def clip(self, frames: list[BufferedFrame], key_time: float) -> list[BufferedFrame]:
         """The key frame's clip: at each of the model's clip times, the nearest buffered frame."""
-        return [nearest(frames, key_time + offset) for offset in self.offsets]
+        times = [f.time for f in frames]
+        return [nearest(frames, times, key_time + offset) for offset in self.offsets]
 
     def _scores(self, key: Actors, frames: list[BufferedFrame]) -> Tensor:
         clip = self.clip(frames, key.time)
@@ -252,10 +253,9 @@ class ActionHead(StageHead):
         return sorted(labels, key=lambda label: -label.score)
 
 
-def nearest(frames: list[BufferedFrame], time: float) -> BufferedFrame:
-    """The buffered frame nearest in time (the first or last beyond the buffer's ends: a clip
-    padded as MMAction2 clamps it); ties go to the earlier frame."""
-    times = [f.time for f in frames]
+def nearest(frames: list[BufferedFrame], times: list[float], time: float) -> BufferedFrame:
+    """The buffered frame nearest in time (`times`: the frames'; the first or last beyond the
+    buffer's ends: a clip padded as MMAction2 clamps it); ties go to the earlier frame."""
     k = bisect.bisect_left(times, time)
     if k == 0:
         return frames[0]
