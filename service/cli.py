@@ -353,6 +353,15 @@ def segment(
             show_default="0: every label",
         ),
     ] = None,
+    action_bank_window: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Action models with a feature bank: the past seconds of each track's features "
+            "it reads (0: off).",
+            show_default="the window it was trained with, also the most",
+        ),
+    ] = None,
 ) -> None:
     """Segment and track the objects of a video in this process (no server), writing the same
     results the service answers. VOS models (stcn) follow the objects a prompt marks."""
@@ -386,6 +395,7 @@ def segment(
         action_stride=action_stride,
         action_categories=action_categories,
         action_min_score=action_min_score,
+        action_bank_window=action_bank_window,
     )
     if ava_out and not runner.info.actions:
         raise typer.BadParameter(f"model '{name}' answers no actions", param_hint="--ava-out")
@@ -453,6 +463,15 @@ ItersOption = Annotated[int, typer.Option(min=1, help="Optimisation steps.")]
 LrOption = Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW, cosine).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of initialisation and sampling.")]
 ResumeOption = Annotated[bool, typer.Option(help="Continue from --work-dir's state.")]
+InitOption = Annotated[
+    Path | None,
+    typer.Option(
+        exists=True,
+        file_okay=False,
+        help="A published checkpoint folder to start from (fine-tuning): its architecture and "
+        "weights; a fresh optimiser and schedule.",
+    ),
+]
 RedisOption = Annotated[str | None, typer.Option(help="Announce the checkpoint on Redis.")]
 WorkDirOption = Annotated[Path, typer.Option(help="Resumable training state.")]
 ValOption = Annotated[
@@ -641,6 +660,7 @@ def train_action_command(
     seed: SeedOption = 0,
     work_dir: WorkDirOption = Path("runs/action"),
     resume: ResumeOption = False,
+    init: InitOption = None,
     redis_url: RedisOption = None,
 ) -> None:
     """Train the SlowFast-ACRN action detector (small CPU configuration) on the actors' boxes
@@ -651,6 +671,69 @@ def train_action_command(
     from models.train.action import ActionTrainConfig, train_action
 
     _train_and_publish(lambda: train_action(_run_config(ActionTrainConfig, options)))
+
+
+@train_app.command("action-lfb")
+def train_action_lfb_command(
+    data: Annotated[
+        Path,
+        typer.Option(exists=True, help="AVA v2.2 dataset, as `vidserve train action` reads it."),
+    ],
+    out: StoreOption,
+    init: Annotated[
+        Path,
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            help="The trained action checkpoint whose backbone makes and reads the bank's "
+            "features (frozen).",
+        ),
+    ],
+    name: Annotated[str, typer.Option(help="Model name in the store.")] = "slowfast-acrn-lfb",
+    lfb: Annotated[
+        str,
+        typer.Option(
+            help="Feature-bank operator: max, avg, non_local, or none (the same head trained "
+            "without a bank: the control)."
+        ),
+    ] = "max",
+    lfb_window_s: Annotated[
+        float, typer.Option(min=0.01, help="Past seconds of an actor's features read.")
+    ] = 4.0,
+    lfb_per_second: Annotated[
+        float, typer.Option(min=0.01, help="Most features kept per second of an actor.")
+    ] = 1.0,
+    split: SplitOption = "train",
+    val: ValOption = None,
+    val_split: ValSplitOption = "val",
+    val_videos: ValVideosOption = 4,
+    iters: ItersOption = 2000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Key frames per step.")] = 16,
+    lr: LrOption = 1e-3,
+    fps: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Frame rate of the extracted frames.",
+            show_default="meta.json's for a `vidserve synth` folder, else AVA's 30",
+        ),
+    ] = None,
+    seed: SeedOption = 0,
+    work_dir: WorkDirOption = Path("runs/action-lfb"),
+    resume: ResumeOption = False,
+    redis_url: RedisOption = None,
+) -> None:
+    """Train the action head with an online long-term feature bank on a trained action
+    checkpoint's frozen backbone: each actor's past features (its own, within the window) read
+    by the bank operator beside its current one. Evaluates frame-mAP@0.5 with ground-truth boxes
+    on held-out videos and publishes to the store."""
+    options = dict(locals())
+    from models.action.feature_bank import OPERATORS
+    from models.train.action_lfb import ActionLfbTrainConfig, train_action_lfb
+
+    if lfb not in OPERATORS:
+        raise typer.BadParameter(f"must be one of {', '.join(OPERATORS)}", param_hint="--lfb")
+    _train_and_publish(lambda: train_action_lfb(_run_config(ActionLfbTrainConfig, options)))
 
 
 @train_app.command("vos")

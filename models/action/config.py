@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from models.action.feature_bank import OPERATORS, fbo_channels
 from models.common.config import ManifestConfig, require
 from models.common.image import IMAGENET_MEAN, IMAGENET_STD
 
@@ -76,6 +77,14 @@ class ActionConfig(ManifestConfig):
     head_spatial_pool: str = "max"
     dropout: float = 0.5
 
+    # The online long-term feature bank (models.action.feature_bank): the operator reading an
+    # actor's past features ("none": no bank, as the releases), the past seconds it reads, the
+    # features kept a second, and the non-local operator's width.
+    lfb: str = "none"
+    lfb_window_s: float = 4.0
+    lfb_per_second: float = 1.0
+    lfb_latent: int = 128
+
     # Test-time input: resize to this short side (keep ratio), then normalise.
     test_short_side: int = 256
     image_mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -101,6 +110,10 @@ class ActionConfig(ManifestConfig):
         require(self.head_spatial_pool in POOL_MODES, "head_spatial_pool: avg or max")
         require(self.num_classes >= 2, "num_classes counts the background slot: >= 2")
         require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        require(self.lfb in OPERATORS, f"lfb must be one of {OPERATORS}")
+        require(self.lfb_window_s > 0, "lfb_window_s must be > 0")
+        require(self.lfb_per_second > 0, "lfb_per_second must be > 0")
+        require(self.lfb_latent >= 1, "lfb_latent must be >= 1")
         require(self.test_short_side >= self.feature_stride, "test_short_side below the stride")
         require(len(self.image_mean) == 3 and len(self.image_std) == 3, "mean/std: 3 channels")
         require(all(s > 0 for s in self.image_std), "image_std must be > 0")
@@ -150,8 +163,11 @@ class ActionConfig(ManifestConfig):
 
     @property
     def head_in_channels(self) -> int:
-        """The box head's input: ACRN maps 2C (actor tiled + context) back to C."""
-        return self.feature_channels
+        """The classifier's input: the actor's feature (ACRN maps 2C, actor tiled + context,
+        back to C) and what the feature-bank operator adds."""
+        return self.feature_channels + fbo_channels(
+            self.lfb, self.feature_channels, self.lfb_latent
+        )
 
     @property
     def feature_stride(self) -> int:

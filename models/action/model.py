@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from models.action.backbone import build_backbone
 from models.action.config import ActionConfig
+from models.action.feature_bank import BankBatch
 from models.action.resnet3d import Bottleneck3d
 from models.action.roi_head import ActionRoIHead
 
@@ -30,20 +31,28 @@ class ActionDetector(nn.Module):
         self.backbone = build_backbone(config)
         self.roi_head = ActionRoIHead(config)
 
-    def forward(self, clips: Tensor, rois: Tensor) -> Tensor:
+    def forward(self, clips: Tensor, rois: Tensor, bank: BankBatch | None = None) -> Tensor:
         """clips (B, 3, T, H, W), normalised; rois (N, 5) [batch index, x1, y1, x2, y2] in the
-        clips' pixels, on the key frame. Returns the class logits (N, num_classes), row 0 the
-        background slot."""
-        if clips.dim() != 5 or clips.shape[1] != 3:
-            raise ValueError(f"clips must be (B, 3, T, H, W), got {tuple(clips.shape)}")
-        if rois.dim() != 2 or rois.shape[1] != 5:
-            raise ValueError(f"rois must be (N, 5) [batch, x1, y1, x2, y2], got {rois.shape}")
-        return self.roi_head(self.backbone(clips), rois)
+        clips' pixels, on the key frame; with a bank operator, the actors' banks (none: empty).
+        Returns the class logits (N, num_classes), row 0 the background slot."""
+        _check_inputs(clips, rois)
+        return self.roi_head(self.backbone(clips), rois, bank)
 
-    def action_scores(self, clips: Tensor, rois: Tensor) -> Tensor:
+    def actor_features(self, clips: Tensor, rois: Tensor) -> Tensor:
+        """The actors' pooled features (N, C): what the classifier reads, and what a feature
+        bank keeps of them."""
+        _check_inputs(clips, rois)
+        head = self.roi_head
+        return head.bbox_head.pool(head.actor_maps(self.backbone(clips), rois))
+
+    def action_scores(self, clips: Tensor, rois: Tensor, bank: BankBatch | None = None) -> Tensor:
         """(N, num_actions): each action's probability, independent of the others; column j is
         class j + 1 (AVA's action id j + 1 for the releases)."""
-        return torch.sigmoid(self(clips, rois)[:, 1:])
+        return torch.sigmoid(self(clips, rois, bank)[:, 1:])
+
+    def scores_from_features(self, actors: Tensor, bank: BankBatch | None = None) -> Tensor:
+        """action_scores from actor_features (in eval mode the same numbers)."""
+        return torch.sigmoid(self.roi_head.bbox_head.classify(actors, bank)[:, 1:])
 
     @property
     def device(self) -> torch.device:
@@ -52,6 +61,13 @@ class ActionDetector(nn.Module):
     def architecture(self) -> dict[str, Any]:
         """The manifest's architecture dict: build_action_model takes it back."""
         return self.config.to_dict()
+
+
+def _check_inputs(clips: Tensor, rois: Tensor) -> None:
+    if clips.dim() != 5 or clips.shape[1] != 3:
+        raise ValueError(f"clips must be (B, 3, T, H, W), got {tuple(clips.shape)}")
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise ValueError(f"rois must be (N, 5) [batch, x1, y1, x2, y2], got {rois.shape}")
 
 
 def initialise(model: ActionDetector) -> None:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from models.action.config import ActionConfig
+from models.action.feature_bank import BankBatch, build_fbo
 from models.action.resnet3d import ConvBN3d
 
 
@@ -81,21 +82,43 @@ class ACRNHead(nn.Module):
 class AVABoxHead(nn.Module):
     """BBoxHeadAVA: dropout (before pooling), pool over time then over space, `fc_cls` to
     num_classes logits. Row 0 is the background slot: trained as nothing, dropped when
-    scoring; the rest are independent (sigmoid) action scores."""
+    scoring; the rest are independent (sigmoid) action scores.
+
+    With a feature bank (config.lfb), the pooled actor feature is concatenated with what the
+    bank operator `fbo` reads from the actor's bank, and the dropout moves after that (as
+    MMAction2's LFB head has it): `classify` takes the pooled features, so a trainer may cache
+    them."""
 
     def __init__(self, config: ActionConfig):
         super().__init__()
         self.temporal_pool = config.head_temporal_pool
         self.spatial_pool = config.head_spatial_pool
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
+        self.fbo = build_fbo(config.lfb, config.feature_channels, config.lfb_latent)
         self.fc_cls = nn.Linear(config.head_in_channels, config.num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.dropout is not None:
-            x = self.dropout(x)
+    def pool(self, x: Tensor) -> Tensor:
+        """(N, C, T, H, W) -> the actor features (N, C)."""
         x = x.mean(dim=2) if self.temporal_pool == "avg" else x.amax(dim=2)
-        x = x.mean(dim=(2, 3)) if self.spatial_pool == "avg" else x.amax(dim=(2, 3))
-        return self.fc_cls(x)
+        return x.mean(dim=(2, 3)) if self.spatial_pool == "avg" else x.amax(dim=(2, 3))
+
+    def forward(self, x: Tensor, bank: BankBatch | None = None) -> Tensor:
+        if self.fbo is None:
+            if self.dropout is not None:
+                x = self.dropout(x)
+            return self.fc_cls(self.pool(x))
+        return self.classify(self.pool(x), bank)
+
+    def classify(self, actors: Tensor, bank: BankBatch | None = None) -> Tensor:
+        """Logits from pooled actor features (N, C) and, with a bank operator, their banks
+        (none given: empty banks)."""
+        if self.fbo is not None:
+            if bank is None:
+                bank = BankBatch.empty(len(actors), actors.shape[1], actors.device)
+            actors = torch.cat([actors, self.fbo(actors, bank)], dim=1)
+        if self.dropout is not None:
+            actors = self.dropout(actors)
+        return self.fc_cls(actors)
 
 
 class ActionRoIHead(nn.Module):
@@ -107,8 +130,14 @@ class ActionRoIHead(nn.Module):
         self.shared_head = ACRNHead(config.feature_channels) if config.acrn else None
         self.bbox_head = AVABoxHead(config)
 
-    def forward(self, features: tuple[Tensor, ...], rois: Tensor) -> Tensor:
+    def actor_maps(self, features: tuple[Tensor, ...], rois: Tensor) -> Tensor:
+        """Each actor's map (N, C, 1, S or H, S or W): its RoI features, or ACRN's relations."""
         roi_features, context = self.bbox_roi_extractor(features, rois)
         if self.shared_head is not None:
             roi_features = self.shared_head(roi_features, context, rois)
-        return self.bbox_head(roi_features)
+        return roi_features
+
+    def forward(
+        self, features: tuple[Tensor, ...], rois: Tensor, bank: BankBatch | None = None
+    ) -> Tensor:
+        return self.bbox_head(self.actor_maps(features, rois), bank)

@@ -110,6 +110,23 @@ def load_checkpoint(
     return LoadedCheckpoint(model, manifest, folder)
 
 
+def load_weights_into(model: nn.Module, path: Path | str, family: str) -> Manifest:
+    """Start `model` from a published checkpoint's weights (a fine-tuning run's --init): the
+    checkpoint verified as load_checkpoint verifies it, its names and shapes exactly the model's.
+    Returns its manifest."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    if manifest.family != family:
+        raise CheckpointError(
+            folder / MANIFEST_FILE, f"family is {manifest.family!r}, expected {family!r}"
+        )
+    state = read_verified_weights(folder, manifest)
+    check_finite_weights(state, folder / WEIGHTS_FILE)
+    _raise_on_mismatch(_shapes(state), _shapes(model.state_dict()), folder / WEIGHTS_FILE)
+    model.load_state_dict(state, strict=True)
+    return manifest
+
+
 def verify_checkpoint(path: Path | str) -> Manifest:
     """Check a checkpoint without building the real model (cheap): the manifest, the weights'
     size and sha256, that they are finite, and that names and shapes match the architecture.

@@ -27,6 +27,7 @@ from torch.utils.data import Subset
 
 from models.action.config import ActionConfig
 from models.action.model import FAMILY, ActionDetector, build_action_model
+from models.checkpoints.checkpoint import load_weights_into, read_manifest
 from models.data.ava import AvaBox
 from models.eval.action import METRIC_NAME, evaluate_actions
 from models.train.action_data import (
@@ -84,10 +85,19 @@ def _train_action(cfg: ActionTrainConfig) -> Path | None:
     seed_everything(cfg.seed)
     data = AvaData.load(cfg.data, cfg.split, cfg.fps)
     train_videos, val_set = split_action(cfg, data)
-    config = ActionConfig.small(num_classes=len(data.actions) + 1, **cfg.model_overrides)
+    config = initial_config(cfg, data)
+    network = build_action_model(config)
+    if cfg.init is not None:
+        manifest = load_weights_into(network, cfg.init, FAMILY)
+        if manifest.class_names != data.class_names:
+            raise ValueError(
+                f"{cfg.init}: actions {manifest.class_names} differ from the data's "
+                f"{data.class_names}"
+            )
+        log.info("starting from the weights of %s", cfg.init)
     # The 3D batch norms are not synced under DDP (sync_batchnorm converts 2D ones only): each
     # rank normalises with its shard's statistics.
-    model = prepare_model(build_action_model(config), synced_batchnorm=False)
+    model = prepare_model(network, synced_batchnorm=False)
     clips = ActionClips(data, config, train=True)
     keys = data.key_frames_of(train_videos)
     loop_cfg, optimizer, start = prepare_run(model, cfg)
@@ -120,6 +130,15 @@ def _train_action(cfg: ActionTrainConfig) -> Path | None:
             fps=data.fps,
         )
     )
+
+
+def initial_config(cfg: ActionTrainConfig, data: AvaData) -> ActionConfig:
+    """The small configuration for the data's actions, or with --init the starting
+    checkpoint's architecture (its weights must fit)."""
+    if cfg.init is None:
+        return ActionConfig.small(num_classes=len(data.actions) + 1, **cfg.model_overrides)
+    architecture = read_manifest(cfg.init).architecture
+    return ActionConfig.from_dict({**architecture, **cfg.model_overrides})
 
 
 def split_action(cfg: ActionTrainConfig, data: AvaData) -> tuple[list[str], tuple]:

@@ -82,6 +82,7 @@ class KeyFrame:
     timestamp: float
     boxes: np.ndarray  # (N, 4) float32 in [0, 1]
     labels: np.ndarray  # (N, A) float32 multi-hot over the action list, in id order
+    actor_ids: tuple[int, ...] = ()  # each actor's person id (AVA's: the same across key frames)
 
 
 @dataclass
@@ -172,6 +173,7 @@ def group_key_frames(rows: list[AvaBox], action_ids: list[int]) -> list[KeyFrame
             timestamp,
             np.array([box for _, box in found], dtype=np.float32).reshape(-1, 4),
             np.stack(list(found.values())),
+            tuple(person for person, _ in found),
         )
         for (video, timestamp), found in actors.items()
     ]

@@ -78,6 +78,7 @@ class TrainRun:
     lr: float = 2e-3
     seed: int = 0
     resume: bool = False
+    init: Path | None = None  # a published checkpoint whose weights the run starts from
     redis_url: str | None = None  # announce the published checkpoint to running workers
     model_overrides: dict = field(default_factory=dict)  # fields of the family's small config
     show_progress: bool = True

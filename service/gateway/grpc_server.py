@@ -176,7 +176,7 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, f"fps must be in (0, {MAX_STREAM_FPS:g}]"
             )
         # The worker checks the action options (a model without an action stage refuses them).
-        for option in ("action_stride", "action_min_score"):
+        for option in ("action_stride", "action_min_score", "action_bank_window"):
             if config.HasField(option):
                 options[option] = getattr(config, option)
         if config.action_categories:

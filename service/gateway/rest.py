@@ -103,6 +103,7 @@ class SegmentForm:
     action_stride: float | None = None
     action_categories: str | None = None
     action_min_score: float | None = None
+    action_bank_window: float | None = None
     _prompt_data: bytes | None = field(default=None, repr=False)
 
     @property
@@ -114,6 +115,7 @@ class SegmentForm:
             action_stride=self.action_stride,
             action_categories=self.action_categories,
             action_min_score=self.action_min_score,
+            action_bank_window=self.action_bank_window,
         )
 
     async def prompt_png(self, max_bytes: int) -> bytes | None:
@@ -186,6 +188,13 @@ async def segment_form(
         float | None,
         Form(description="Action models: leave out labels scoring below this (default 0: all)"),
     ] = None,
+    action_bank_window: Annotated[
+        float | None,
+        Form(
+            description="Action models with a feature bank: the past seconds of each track's "
+            "features it reads (default and most: the window it was trained with; 0: off)"
+        ),
+    ] = None,
 ) -> SegmentForm:
     """The form as a dependency (FastAPI validates each field: 400 Bad parameters)."""
     return SegmentForm(
@@ -200,6 +209,7 @@ async def segment_form(
         action_stride,
         action_categories,
         action_min_score,
+        action_bank_window,
     )
 
 

@@ -14,7 +14,9 @@ TRAINING_FPS = 8.0  # the synthetic world's
 ACTION_NAMES = list(ACTIONS.values())
 
 
-def small_action_model(short_side: int = 240):
+def small_action_model(short_side: int = 240, **overrides):
     torch.manual_seed(5)
-    config = ActionConfig.small(num_classes=len(ACTION_NAMES) + 1, test_short_side=short_side)
+    config = ActionConfig.small(
+        num_classes=len(ACTION_NAMES) + 1, test_short_side=short_side, **overrides
+    )
     return build_action_model(config.to_dict()).eval(), config

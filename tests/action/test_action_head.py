@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.action.feature_bank import BankBatch
 from models.action.inference import clip_offsets, prepare_clip
 from models.data.rle import encode_mask
 from models.train.action_data import clip_indices
@@ -179,6 +180,7 @@ def test_a_key_frame_without_actors_answers_nothing(head):
         ({"action_categories": "disc, person"}, "unknown category person"),
         ({"action_min_score": 1.5}, "outside"),
         ({"action_window": 3}, "unknown option(s) action_window"),
+        ({"action_bank_window": 2}, "unknown option(s) action_bank_window"),  # no bank
     ],
 )
 def test_bad_options_are_the_clients_error(head, options, message):
@@ -204,7 +206,7 @@ def test_a_step_whose_model_pass_fails_leaves_the_session_as_it_was(head, monkey
     def fails(*args):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(head.model, "action_scores", fails)
+    monkeypatch.setattr(head.model, "scores_from_features", fails)
     item = WorkItem("s", 7, 7 / 8, frame(7), state)
     with pytest.raises(RuntimeError):
         head.step(state, item, [tracked(7, 7 / 8)])
@@ -212,3 +214,72 @@ def test_a_step_whose_model_pass_fails_leaves_the_session_as_it_was(head, monkey
     monkeypatch.undo()
     (answer,) = head.step(state, item, [tracked(7, 7 / 8)])  # the retry answers it
     assert answer.key_frame == 0 and isinstance(state, ActionSession)
+
+
+# ---- a model with a feature bank -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bank_head() -> ActionHead:
+    model, _ = small_action_model(short_side=48, lfb="avg", lfb_window_s=2.0)
+    return ActionHead(model, "slowfast-acrn-lfb", "v1", ACTION_NAMES, TRAINING_FPS, CLASSES)
+
+
+def test_a_track_reads_its_own_past_features_within_the_window(bank_head):
+    head = bank_head
+    state = head.open_session({})
+    answered = stream(head, state, 40, fps=8.0)  # key frames at 0..4 s, all answered
+    by_key = {o.key_frame: o for batch in answered for o in batch}
+    assert sorted(by_key) == [0, 8, 16, 24, 32]
+    # Recompute key frame 24 (3 s) by hand: the bank holds the track's features at 1 and 2 s
+    # (the window is 2 s: 0 s has fallen out; 3 s itself is the present).
+    frames = []
+    for index in range(40):
+        frames = head._buffer(frames, WorkItem("s", index, index / 8.0, frame(index), state))
+
+    def features(key_time):
+        clip = head.clip(frames, key_time)
+        images = prepare_clip([f.image for f in clip], head.config)[None]
+        box = torch.tensor([[0.0, 14, 10, 26, 30], [0.0, 24, 10, 36, 30]])
+        return head.model.actor_features(images, box)  # frames at the model's short side
+
+    with torch.inference_mode():
+        past = [features(1.0), features(2.0)]
+        bank = BankBatch.stack(
+            [torch.stack([p[k] for p in past]) for k in (0, 1)], past[0].shape[1]
+        )
+        expected = head.model.scores_from_features(features(3.0), bank) * 0.9
+        without = head.model.scores_from_features(features(3.0)) * 0.9
+    got = {t.track_id: {a.label: a.score for a in t.actions} for t in by_key[24].tracks}
+    for row, track_id in enumerate((1, 2)):
+        for column, name in enumerate(ACTION_NAMES):
+            assert got[track_id][name] == pytest.approx(float(expected[row, column]), abs=1e-5)
+    assert not torch.allclose(expected, without)
+    # What the session holds: 2 tracks x the features of 2, 3, 4 s (the window before 4 s).
+    assert len(state.banks) == 6 and state.buffered_bytes() > state.banks.nbytes()
+
+
+def test_the_bank_window_option(bank_head):
+    assert bank_head.open_session({}).banks.window_s == 2.0
+    assert bank_head.open_session({"action_bank_window": 1}).banks.window_s == 1.0
+    assert bank_head.open_session({"action_bank_window": 0}).banks is None  # off
+    with pytest.raises(OptionError, match=r"action_bank_window=2.5 is outside \[0.0, 2.0\]"):
+        bank_head.open_session({"action_bank_window": 2.5})  # longer than it was trained with
+
+
+def test_a_failed_step_leaves_the_banks_as_they_were(bank_head, monkeypatch):
+    head = bank_head
+    state = head.open_session({})
+    stream(head, state, 15, fps=8.0)  # key frame 0 answered: its features are in the bank
+    before = {k: list(e) for k, e in state.banks.banks.items()}
+    assert sum(len(e) for e in before.values()) == 2
+
+    def fails(*args):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(head.model, "scores_from_features", fails)
+    item = WorkItem("s", 15, 15 / 8, frame(15), state)
+    with pytest.raises(RuntimeError):
+        head.step(state, item, [tracked(15, 15 / 8)])
+    assert {k: list(e) for k, e in state.banks.banks.items()} == before
+    monkeypatch.undo()
+    (answer,) = head.step(state, item, [tracked(15, 15 / 8)])
+    assert answer.key_frame == 8 and len(state.banks) == 4

@@ -300,5 +300,5 @@ def test_config_rejects_bad_fields(overrides, message):
 
 
 def test_unknown_manifest_key_is_refused():
-    with pytest.raises(ValueError, match="unknown ActionConfig keys: lfb"):
-        ActionConfig.from_dict({**ActionConfig().to_dict(), "lfb": True})
+    with pytest.raises(ValueError, match="unknown ActionConfig keys: fbo_layers"):
+        ActionConfig.from_dict({**ActionConfig().to_dict(), "fbo_layers": True})

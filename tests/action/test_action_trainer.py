@@ -5,6 +5,7 @@ repeated sample, and the job end to end on a tiny synthetic dataset: trained, fr
 validated, published, reloaded through the registry, resumed."""
 
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 
 from models.action import ActionConfig, build_action_model
 from models.checkpoints.checkpoint import load_checkpoint
+from models.checkpoints.errors import CheckpointError
 from models.data.ava import load_ava_csv
 from models.data.synthetic.export import generate_dataset
 from models.data.synthetic.world import ACTIONS, WorldConfig
@@ -25,6 +27,15 @@ from models.train.action import (
     train_action,
 )
 from models.train.action_data import ActionClips, AvaData, clip_indices, prepare_inputs
+from models.train.action_lfb import (
+    ActionLfbTrainConfig,
+    bank_config,
+    cache_key_frames,
+    head_inputs,
+    start_from,
+    train_action_lfb,
+    with_banks,
+)
 from models.train.distributed import Drawn
 
 WORLD = WorldConfig(width=96, height=64, frames=8, fps=4, max_objects=2)
@@ -230,3 +241,102 @@ def test_train_publish_reload_resume(dataset, tmp_path):
     assert training["resumed_from_step"] == 3 and training["iters"] == 5
     losses = (tmp_path / "work" / "losses.tsv").read_text().splitlines()
     assert [int(line.split("\t")[0]) for line in losses] == [0, 1, 2, 3, 4]
+
+
+def test_init_starts_from_a_published_checkpoint(dataset, tmp_path):
+    """--init: the run starts from the checkpoint's weights and architecture (not the small
+    config's, given no overrides), with a fresh schedule; a checkpoint of another family or
+    of other actions is refused before training."""
+    root, _ = dataset
+    first = train_action(train_config(root, tmp_path, iters=1))
+    start = load_checkpoint(first).model.state_dict()
+    tuned = train_action(
+        train_config(
+            root,
+            tmp_path,
+            iters=1,
+            lr=0.0,
+            init=first,
+            model_overrides={},
+            work_dir=tmp_path / "work2",
+            store=tmp_path / "store2",
+        )
+    )
+    manifest = json.loads((tuned / "manifest.json").read_text())
+    assert manifest["architecture"]["clip_len"] == TINY["clip_len"]  # the checkpoint's
+    assert manifest["training"]["resumed_from_step"] == 0
+    after = load_checkpoint(tuned).model.state_dict()
+    # At lr 0 only the batch norms' running statistics move.
+    moved = {k for k in start if not torch.equal(start[k], after[k])}
+    assert moved and all("bn." in k or k.endswith("num_batches_tracked") for k in moved)
+
+    other = tmp_path / "other"
+    shutil.copytree(first, other)
+    text = (other / "manifest.json").read_text().replace('"family": "action"', '"family": "vis"')
+    (other / "manifest.json").write_text(text)
+    with pytest.raises(CheckpointError, match="family is 'vis'"):
+        train_action(train_config(root, tmp_path, init=other, work_dir=tmp_path / "work3"))
+
+
+# ---- the feature bank's head -----------------------------------------------------------------
+def test_lfb_head_starts_as_its_checkpoint_and_reads_past_features_of_its_own_actor(
+    dataset, tmp_path
+):
+    root, _ = dataset
+    base_folder = train_action(train_config(root, tmp_path, iters=1))
+    base = load_checkpoint(base_folder).model
+    lfb_cfg = ActionLfbTrainConfig(
+        data=root,
+        store=tmp_path / "lfb-store",
+        work_dir=tmp_path / "lfb-work",
+        init=base_folder,
+        lfb="avg",
+        lfb_window_s=3.0,
+        iters=4,
+        batch_size=2,
+        val_videos=1,
+        show_progress=False,
+    )
+    model = start_from(base, bank_config(base.config, lfb_cfg)).eval()
+    data = AvaData.load(root, "train")
+    indices = data.key_frames_of(data.videos())
+    features = cache_key_frames(model, data, indices, show_progress=False)
+    cached = with_banks(data, features, model.config)
+    # Banks: an actor's earlier key frames of its video, its own features, never the present.
+    seen = 0
+    for k in indices:
+        key = data.key_frames[k]
+        for actor, bank in zip(key.actor_ids, cached[k].banks, strict=True):
+            earlier = [
+                features[j][data.key_frames[j].actor_ids.index(actor)]
+                for j in indices
+                if data.key_frames[j].video == key.video
+                and data.key_frames[j].timestamp < key.timestamp
+                and actor in data.key_frames[j].actor_ids
+            ]
+            assert len(bank) == len(earlier)
+            assert all(torch.equal(a, b) for a, b in zip(bank, earlier, strict=True))
+            seen += len(bank)
+    assert seen > 0
+    # Step 0 is the checkpoint: the bank's classifier columns start at zero.
+    with torch.inference_mode():
+        sample = cached[indices[-1]]
+        actors, banks, _ = head_inputs([sample], model.config.feature_channels, "cpu")
+        clip = ActionClips(data, base.config, train=False)[indices[-1]]
+        assert torch.allclose(
+            model.scores_from_features(actors, banks),
+            base.action_scores(*prepare_inputs([clip], base.config)),
+            atol=1e-5,
+        )
+
+    folder = train_action_lfb(lfb_cfg)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["architecture"]["lfb"] == "avg"
+    assert manifest["architecture"]["lfb_window_s"] == 3.0
+    assert manifest["training"]["init_version"] == base_folder.name
+    assert 0.0 <= manifest["metrics"]["frame_map"] <= 1.0
+    tuned = load_checkpoint(folder).model
+    # Only the head moved: the backbone and ACRN are the checkpoint's.
+    for name, value in base.state_dict().items():
+        if not name.startswith("roi_head.bbox_head."):
+            assert torch.equal(value, tuned.state_dict()[name]), name

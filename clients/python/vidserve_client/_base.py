@@ -108,6 +108,8 @@ class Options:
     action_stride: float | None = None
     action_categories: Categories | None = None
     action_min_score: float | None = None
+    # Action models with a feature bank: the past seconds of each track's features it reads.
+    action_bank_window: float | None = None
 
     def form(self) -> dict[str, str]:
         """The form fields of the options given; one left as None is not sent, so the service
@@ -120,6 +122,7 @@ class Options:
             "prompt_frame": self.prompt_frame,
             "action_stride": self.action_stride,
             "action_min_score": self.action_min_score,
+            "action_bank_window": self.action_bank_window,
         }
         if self.action_categories is not None:
             fields["action_categories"] = categories_text(self.action_categories)
@@ -226,6 +229,7 @@ def session_config(
     action_stride: float | None = None,
     action_categories: Categories | None = None,
     action_min_score: float | None = None,
+    action_bank_window: float | None = None,
 ) -> pb.StreamRequest:
     """A stream's first message. None leaves an optional field unset: the service's default."""
     categories = "" if action_categories is None else categories_text(action_categories)
@@ -237,6 +241,7 @@ def session_config(
         action_stride=action_stride,
         action_categories=categories,
         action_min_score=action_min_score,
+        action_bank_window=action_bank_window,
     )
     return pb.StreamRequest(config=config)
 

@@ -66,6 +66,7 @@ class AsyncClient:
         action_stride: float | None = None,
         action_categories: Categories | None = None,
         action_min_score: float | None = None,
+        action_bank_window: float | None = None,
     ) -> SegmentResult:
         """Client.segment, awaited."""
         options = Options(
@@ -78,6 +79,7 @@ class AsyncClient:
             action_stride=action_stride,
             action_categories=action_categories,
             action_min_score=action_min_score,
+            action_bank_window=action_bank_window,
         )
         body = await self._upload("/v1/segment", video, options)
         return SegmentResult.from_dict(body, await self._classes_of(body["model"]))
@@ -95,6 +97,7 @@ class AsyncClient:
         action_stride: float | None = None,
         action_categories: Categories | None = None,
         action_min_score: float | None = None,
+        action_bank_window: float | None = None,
     ) -> Job:
         """Client.submit, awaited."""
         options = Options(
@@ -107,6 +110,7 @@ class AsyncClient:
             action_stride=action_stride,
             action_categories=action_categories,
             action_min_score=action_min_score,
+            action_bank_window=action_bank_window,
         )
         return Job.from_dict(await self._upload("/v1/jobs", video, options))
 
@@ -146,6 +150,7 @@ class AsyncClient:
         action_stride: float | None = None,
         action_categories: Categories | None = None,
         action_min_score: float | None = None,
+        action_bank_window: float | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """Client.stream as an async iterator; `frames` may also be an async iterable (a plain
         iterable is read in the event loop: it should not block)."""
@@ -158,6 +163,7 @@ class AsyncClient:
             action_stride=action_stride,
             action_categories=action_categories,
             action_min_score=action_min_score,
+            action_bank_window=action_bank_window,
         )
         call, gate = await self._retrying(lambda: self._open_stream(config, frames, state, timeout))
         try:

@@ -75,6 +75,7 @@ class Client:
         action_stride: float | None = None,
         action_categories: Categories | None = None,
         action_min_score: float | None = None,
+        action_bank_window: float | None = None,
     ) -> SegmentResult:
         """Segment a whole video (POST /v1/segment) and return its result.
 
@@ -83,7 +84,9 @@ class Client:
         frame `prompt_frame` (default 0). For an action model (`slowfast-acrn`): action_stride,
         seconds between key frames (default 1); action_categories, the categories of the tracked
         objects that get actions ("person,dog" or ["person", "dog"]; default all);
-        action_min_score, labels scoring below it are left out. An option left None is not sent.
+        action_min_score, labels scoring below it are left out; action_bank_window, for a model
+        with a feature bank (`slowfast-acrn-lfb`), the past seconds of each track it reads (0:
+        off). An option left None is not sent.
         """
         options = Options(
             model,
@@ -95,6 +98,7 @@ class Client:
             action_stride=action_stride,
             action_categories=action_categories,
             action_min_score=action_min_score,
+            action_bank_window=action_bank_window,
         )
         body = self._upload("/v1/segment", video, options)
         return SegmentResult.from_dict(body, self._classes_of(body["model"]))
@@ -113,6 +117,7 @@ class Client:
         action_stride: float | None = None,
         action_categories: Categories | None = None,
         action_min_score: float | None = None,
+        action_bank_window: float | None = None,
     ) -> Job:
         """Queue a video to be segmented in the background (POST /v1/jobs); the options are
         segment()'s. Returns the queued Job: follow it with job(), wait() or cancel()."""
@@ -126,6 +131,7 @@ class Client:
             action_stride=action_stride,
             action_categories=action_categories,
             action_min_score=action_min_score,
+            action_bank_window=action_bank_window,
         )
         return Job.from_dict(self._upload("/v1/jobs", video, options))
 
@@ -170,6 +176,7 @@ class Client:
         action_stride: float | None = None,
         action_categories: Categories | None = None,
         action_min_score: float | None = None,
+        action_bank_window: float | None = None,
     ) -> Iterator[StreamEvent]:
         """Stream frames over gRPC (StreamFrames) and yield the events as they come: a
         FrameResult per frame, in frame order; ActionsResult for models with an action head;
@@ -194,6 +201,7 @@ class Client:
             action_stride=action_stride,
             action_categories=action_categories,
             action_min_score=action_min_score,
+            action_bank_window=action_bank_window,
         )
         call, gate = self._retrying(lambda: self._open_stream(config, frames, state, timeout))
         try:

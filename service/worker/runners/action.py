@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from models.action.feature_bank import BankBatch, TrackBanks
 from models.action.inference import clip_offsets, prepare_clip, shrink_frame
 from models.common.image import scale_boxes
 from service.schemas import ActionLabel, TrackActions
@@ -65,6 +66,13 @@ OPTIONS = {
     # labels scoring below this are left out of the answer (0: every action, as AVA scores)
     "action_min_score": (float, 0.0, 0.0, 1.0),
 }
+# A model with a feature bank takes one more: the past seconds its bank reads, at most the
+# window it was trained with (its default); 0 turns the bank off.
+BANK_WINDOW_OPTION = "action_bank_window"
+# The most a session's feature banks hold (the oldest features go first past it); a model's
+# window x rate x features sized banks take ~2.3 KB a track-second (the small model's 576
+# floats), so this is ~7,000 track-seconds.
+BANK_BYTES_PER_SESSION = 16 << 20
 
 
 @dataclass
@@ -94,14 +102,15 @@ class ActionSession:
     frames: list[BufferedFrame] = field(default_factory=list)  # in time order
     pending: list[Actors] = field(default_factory=list)
     next_key_time: float | None = None  # None: the session's first frame is a key frame
+    banks: TrackBanks | None = None  # per track, its past features (a model with a bank)
 
     def buffered_bytes(self) -> int:
-        return sum(f.image.numel() for f in self.frames)
+        """The frame buffer's and the feature banks' bytes."""
+        banks = self.banks.nbytes() if self.banks is not None else 0
+        return sum(f.image.numel() for f in self.frames) + banks
 
 
 class ActionHead(StageHead):
-    option_names = tuple(OPTIONS)
-
     def __init__(self, model, name: str, version: str, actions: list[str], fps: float, classes):
         self.model = model.eval()
         self.config = model.config
@@ -111,17 +120,27 @@ class ActionHead(StageHead):
         self.fps = fps
         self.offsets = clip_offsets(self.config, fps)
         self.classes = tuple(classes)  # the tracker's categories
+        self.options = dict(OPTIONS)
+        if self.config.lfb != "none":
+            window = self.config.lfb_window_s
+            self.options[BANK_WINDOW_OPTION] = (float, window, 0.0, window)
+        self.option_names = tuple(self.options)
 
     @property
     def look_ahead_s(self) -> float:
         return self.offsets[-1]
 
     def open_session(self, options: dict) -> ActionSession:
-        values = read_options(options, OPTIONS)
+        values = read_options(options, self.options)
+        window = values.get(BANK_WINDOW_OPTION, 0.0)
+        banks = None
+        if window > 0:
+            banks = TrackBanks(window, self.config.lfb_per_second, BANK_BYTES_PER_SESSION)
         return ActionSession(
             stride_s=values["action_stride"],
             categories=self._categories(values["action_categories"]),
             min_score=values["action_min_score"],
+            banks=banks,
         )
 
     def _categories(self, text: str) -> frozenset[str] | None:
@@ -145,20 +164,22 @@ class ActionHead(StageHead):
             next_key_time = self._next_key_time(state.stride_s, item.time)
         newest = frames[-1].time
         ready = [k for k in pending if newest >= k.time + self.offsets[-1] - TIME_EPSILON]
-        outputs = self._answer(state, ready, frames)
+        banks = state.banks.copy() if state.banks is not None and ready else state.banks
+        outputs = self._answer(state, ready, frames, banks)
         state.pending = [k for k in pending if k not in ready]
         state.next_key_time = next_key_time
         state.frames = self._prune(frames, state.pending, next_key_time)
+        state.banks = banks
         return outputs
 
     def flush(self, state: ActionSession, upstream: list[Output]) -> list[Output]:
         """The key frames still waiting: their clips padded with the last frame."""
-        outputs = self._answer(state, state.pending, state.frames)
+        outputs = self._answer(state, state.pending, state.frames, state.banks)
         state.pending, state.frames = [], []
         return outputs
 
     def close_session(self, state: ActionSession) -> None:
-        state.pending, state.frames = [], []
+        state.pending, state.frames, state.banks = [], [], None
 
     def _buffer(self, frames: list[BufferedFrame], item: WorkItem) -> list[BufferedFrame]:
         """The buffer with this frame in it, unless the last kept frame is closer than
@@ -213,13 +234,19 @@ class ActionHead(StageHead):
 
     # --- the model ----------------------------------------------------------------------------
     def _answer(
-        self, state: ActionSession, keys: list[Actors], frames: list[BufferedFrame]
+        self,
+        state: ActionSession,
+        keys: list[Actors],
+        frames: list[BufferedFrame],
+        banks: TrackBanks | None,
     ) -> list[Output]:
+        """The key frames' actions, in time order; with a bank, each actor's features are read
+        from its track's bank and then written to it (the next key frame's past)."""
         outputs: list[Output] = []
         for key in keys:
             if not key.track_ids or not frames:
                 continue  # no actor on the key frame: nothing to label
-            scores = self._scores(key, frames)
+            scores = self._scores(key, frames, banks)
             # An actor's label scores P(the actor is there) x P(the action | the actor).
             scores = scores * torch.tensor(key.scores)[:, None]
             tracks = [
@@ -234,7 +261,7 @@ class ActionHead(StageHead):
         times = [f.time for f in frames]
         return [nearest(frames, times, key_time + offset) for offset in self.offsets]
 
-    def _scores(self, key: Actors, frames: list[BufferedFrame]) -> Tensor:
+    def _scores(self, key: Actors, frames: list[BufferedFrame], banks: TrackBanks | None) -> Tensor:
         clip = self.clip(frames, key.time)
         device = self.model.device
         images = prepare_clip([f.image for f in clip], self.config, device)[None]
@@ -242,7 +269,13 @@ class ActionHead(StageHead):
         boxes = scale_boxes(boxes, clip[0].size, tuple(images.shape[-2:]))
         rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
         with torch.inference_mode():
-            return self.model.action_scores(images, rois).float().cpu()
+            actors = self.model.actor_features(images, rois)
+            bank = None
+            if banks is not None:
+                past = banks.read(key.track_ids, key.time)
+                bank = BankBatch.stack(past, actors.shape[1], device)
+                banks.write(key.track_ids, actors, key.time)
+            return self.model.scores_from_features(actors, bank).float().cpu()
 
     def _labels(self, row: list[float], min_score: float, key: Actors) -> list[ActionLabel]:
         labels = [
