@@ -19,8 +19,10 @@ same way; the checkpoint is published and announced as the other families' are.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -110,6 +112,26 @@ def cache_key_frames(
             sizes = [len(s.boxes) for s in samples]
             features.update(zip(chunk, actors.cpu().split(sizes), strict=True))
             progress.update(task, advance=len(chunk))
+    return features
+
+
+def cached_features(
+    model: ActionDetector, data: AvaData, indices: list[int], cfg: ActionLfbTrainConfig, tag: str
+) -> dict[int, Tensor]:
+    """cache_key_frames, kept in the work dir: a second run on the same checkpoint and data (the
+    control, another operator) reads them back. The file is named by the checkpoint's version
+    and the annotations' sha256, and holds tensors only (read with weights_only)."""
+    digest = hashlib.sha256(data.files.annotations.read_bytes()).hexdigest()[:16]
+    path = Path(cfg.work_dir) / f"features-{tag}-{cfg.init.name}-{digest}.pt"
+    if path.is_file():
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        if sorted(stored) == sorted(indices):
+            log.info("actor features read from %s", path)
+            return stored
+    features = cache_key_frames(model, data, indices, show_progress=cfg.show_progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(features, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
     return features
 
 
@@ -208,17 +230,10 @@ def train_action_lfb(cfg: ActionLfbTrainConfig):
     if base.model.config.lfb != "none":
         raise ValueError(f"{cfg.init}: already has a feature bank ({base.model.config.lfb})")
     model = start_from(base.model, bank_config(base.model.config, cfg))
-    progress = cfg.show_progress
     train_keys = data.key_frames_of(train_videos)
-    train = with_banks(
-        data, cache_key_frames(model, data, train_keys, show_progress=progress), model.config
-    )
+    train = with_banks(data, cached_features(model, data, train_keys, cfg, "train"), model.config)
     val_keys = val_data.key_frames_of(val_videos)
-    val = with_banks(
-        val_data,
-        cache_key_frames(model, val_data, val_keys, show_progress=progress),
-        model.config,
-    )
+    val = with_banks(val_data, cached_features(model, val_data, val_keys, cfg, "val"), model.config)
     log.info("start (the checkpoint, banks in): %s", score_cached(model, val_data, val))
     loop_cfg, optimizer, start = prepare_run(model, cfg)
     loop_cfg.grad_clip = cfg.grad_clip

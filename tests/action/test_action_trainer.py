@@ -6,6 +6,7 @@ validated, published, reloaded through the registry, resumed."""
 
 import json
 import shutil
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -340,3 +341,10 @@ def test_lfb_head_starts_as_its_checkpoint_and_reads_past_features_of_its_own_ac
     for name, value in base.state_dict().items():
         if not name.startswith("roi_head.bbox_head."):
             assert torch.equal(value, tuned.state_dict()[name]), name
+
+    # The control (no bank) reads the features the first run kept in the work dir.
+    assert len(list((tmp_path / "lfb-work").glob("features-train-*.pt"))) == 1
+    control = train_action_lfb(replace(lfb_cfg, lfb="none", name="control"))
+    control_model = load_checkpoint(control).model
+    assert control_model.config.lfb == "none"
+    assert control_model.roi_head.bbox_head.fc_cls.in_features == base.config.feature_channels
