@@ -29,7 +29,6 @@ from models.action.config import ActionConfig
 from models.action.model import FAMILY, ActionDetector, build_action_model
 from models.checkpoints.checkpoint import load_weights_into, read_manifest
 from models.data.ava import AvaBox
-from models.eval.action import METRIC_NAME, evaluate_actions
 from models.train.action_data import (
     ActionClips,
     ActionSample,
@@ -37,6 +36,7 @@ from models.train.action_data import (
     collate_samples,
     prepare_inputs,
 )
+from models.train.action_features import actor_features, frame_map, key_frame_rows, with_banks
 from models.train.distributed import Drawn, on_main_rank, prepare_model, process_group
 from models.train.loop import TrainRun, batch_stream, prepare_run, run_loop, seed_everything
 from models.train.vis import validate_and_publish
@@ -152,25 +152,14 @@ def split_action(cfg: ActionTrainConfig, data: AvaData) -> tuple[list[str], tupl
     return train_videos, (data, held)
 
 
-@torch.no_grad()
 def predict_key_frames(
     model: ActionDetector, data: AvaData, indices: list[int], batch_size: int = 4
 ) -> list[AvaBox]:
     """Every action's score for every ground-truth actor of the key frames (test-time clips: no
-    jitter, no flip), as AVA prediction rows."""
-    clips = ActionClips(data, model.config, train=False)
-    rows = []
-    for first in range(0, len(indices), batch_size):
-        chunk = indices[first : first + batch_size]
-        samples = [clips[k] for k in chunk]
-        inputs = prepare_inputs(samples, model.config, model.device)
-        scores = model.action_scores(*inputs).cpu().numpy()
-        actors = [(data.key_frames[k], box) for k in chunk for box in data.key_frames[k].boxes]
-        for (key, box), actor_scores in zip(actors, scores, strict=True):
-            box = tuple(map(float, box))
-            for action, score in zip(data.action_ids, actor_scores, strict=True):
-                rows.append(AvaBox(key.video, key.timestamp, box, action, score=float(score)))
-    return rows
+    jitter, no flip; a model with a bank reads each actor's past key frames), as AVA prediction
+    rows, in the order of `indices`."""
+    features = actor_features(model, data, indices, batch_size)
+    return key_frame_rows(model, data, with_banks(data, features, model.config))
 
 
 def evaluate_action_model(
@@ -179,13 +168,5 @@ def evaluate_action_model(
     """Frame-mAP@0.5 (`frame_map`) with the ground-truth boxes on every key frame of the given
     videos, and each action's AP (`ap_<name>`, absent for an action with no ground truth)."""
     indices = data.key_frames_of(videos)
-    result = evaluate_actions(
-        data.ground_truth(indices),
-        predict_key_frames(model, data, indices, batch_size),
-        class_ids=data.action_ids,
-        class_names=data.actions,
-    )
-    metrics = {"frame_map": round(float(result.metrics[METRIC_NAME]), 4)}
-    for name, ap in result.per_class.items():
-        metrics[f"ap_{name}"] = round(float(ap), 4)
-    return metrics
+    features = actor_features(model, data, indices, batch_size)
+    return frame_map(model, data, with_banks(data, features, model.config))

@@ -26,23 +26,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import Progress
 from torch import Tensor
 
 from models.action.config import ActionConfig
-from models.action.feature_bank import BankBatch, TrackBanks
 from models.action.model import FAMILY, ActionDetector, build_action_model
 from models.checkpoints.checkpoint import load_checkpoint
-from models.data.ava import AvaBox
-from models.eval.action import METRIC_NAME, evaluate_actions
 from models.train.action import action_loss, split_action
-from models.train.action_data import ActionClips, AvaData, prepare_inputs
+from models.train.action_data import AvaData
+from models.train.action_features import (
+    CachedKeyFrame,
+    actor_features,
+    frame_map,
+    head_inputs,
+    with_banks,
+)
 from models.train.distributed import Drawn, on_main_rank
 from models.train.loop import TrainRun, batch_stream, prepare_run, run_loop, seed_everything
 from models.train.vis import validate_and_publish
 
 log = logging.getLogger(__name__)
-BANK_BYTES = 1 << 30  # no cap in training: a video's banks are small
 
 
 @dataclass(kw_only=True)
@@ -54,15 +56,6 @@ class ActionLfbTrainConfig(TrainRun):
     lfb: str = "max"
     lfb_window_s: float = 4.0
     lfb_per_second: float = 1.0
-
-
-@dataclass
-class CachedKeyFrame:
-    """A key frame's actors as the head sees them: features (N, C), banks, labels (N, A)."""
-
-    features: Tensor
-    banks: list[Tensor]
-    labels: np.ndarray
 
 
 def bank_config(base: ActionConfig, cfg: ActionLfbTrainConfig) -> ActionConfig:
@@ -91,34 +84,10 @@ def start_from(base: ActionDetector, config: ActionConfig) -> ActionDetector:
     return model
 
 
-@torch.no_grad()
-def cache_key_frames(
-    model: ActionDetector,
-    data: AvaData,
-    indices: list[int],
-    batch_size: int = 4,
-    show_progress: bool = True,
-) -> dict[int, Tensor]:
-    """Each key frame's actor features (N, C), from test-time clips, the model in eval mode."""
-    model.eval()
-    clips = ActionClips(data, model.config, train=False)
-    features: dict[int, Tensor] = {}
-    with Progress(disable=not show_progress) as progress:
-        task = progress.add_task("actor features", total=len(indices))
-        for first in range(0, len(indices), batch_size):
-            chunk = indices[first : first + batch_size]
-            samples = [clips[k] for k in chunk]
-            actors = model.actor_features(*prepare_inputs(samples, model.config, model.device))
-            sizes = [len(s.boxes) for s in samples]
-            features.update(zip(chunk, actors.cpu().split(sizes), strict=True))
-            progress.update(task, advance=len(chunk))
-    return features
-
-
 def cached_features(
     model: ActionDetector, data: AvaData, indices: list[int], cfg: ActionLfbTrainConfig, tag: str
 ) -> dict[int, Tensor]:
-    """cache_key_frames, kept in the work dir: a second run on the same checkpoint and data (the
+    """actor_features, kept in the work dir: a second run on the same checkpoint and data (the
     control, another operator) reads them back. The file is named by the checkpoint's version
     and the annotations' sha256, and holds tensors only (read with weights_only)."""
     digest = hashlib.sha256(data.files.annotations.read_bytes()).hexdigest()[:16]
@@ -128,38 +97,11 @@ def cached_features(
         if sorted(stored) == sorted(indices):
             log.info("actor features read from %s", path)
             return stored
-    features = cache_key_frames(model, data, indices, show_progress=cfg.show_progress)
+    features = actor_features(model, data, indices, show_progress=cfg.show_progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(features, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
     return features
-
-
-def with_banks(
-    data: AvaData, features: dict[int, Tensor], config: ActionConfig
-) -> dict[int, CachedKeyFrame]:
-    """The cached key frames with each actor's bank: per video, key frames in time order, the
-    banks read before the key frame's own features are written (past only)."""
-    by_video: dict[str, list[int]] = {}
-    for k in features:
-        by_video.setdefault(data.key_frames[k].video, []).append(k)
-    cached = {}
-    for keys in by_video.values():
-        banks = TrackBanks(config.lfb_window_s, config.lfb_per_second, BANK_BYTES)
-        for k in sorted(keys, key=lambda k: data.key_frames[k].timestamp):
-            key = data.key_frames[k]
-            ids = list(key.actor_ids)
-            reads = banks.read(ids, key.timestamp)
-            banks.write(ids, features[k], key.timestamp)
-            cached[k] = CachedKeyFrame(features[k], reads, key.labels)
-    return cached
-
-
-def head_inputs(samples: list[CachedKeyFrame], channels: int, device) -> tuple:
-    actors = torch.cat([s.features for s in samples]).to(device)
-    banks = BankBatch.stack([b for s in samples for b in s.banks], channels, device)
-    labels = torch.from_numpy(np.concatenate([s.labels for s in samples])).to(device)
-    return actors, banks, labels
 
 
 class HeadLosses:
@@ -191,29 +133,6 @@ def _collate(samples: list[CachedKeyFrame]) -> list[CachedKeyFrame]:
     return samples
 
 
-@torch.no_grad()
-def score_cached(
-    model: ActionDetector, data: AvaData, cached: dict[int, CachedKeyFrame]
-) -> dict[str, float]:
-    """Frame-mAP@0.5 with the ground-truth boxes on the cached key frames, banks in."""
-    model.eval()
-    rows = []
-    channels = model.config.feature_channels
-    for k, sample in cached.items():
-        actors, banks, _ = head_inputs([sample], channels, model.device)
-        scores = model.scores_from_features(actors, banks).cpu().numpy()
-        key = data.key_frames[k]
-        for box, actor_scores in zip(key.boxes, scores, strict=True):
-            for action, score in zip(data.action_ids, actor_scores, strict=True):
-                rows.append(
-                    AvaBox(key.video, key.timestamp, tuple(map(float, box)), action, float(score))
-                )
-    result = evaluate_actions(data.ground_truth(list(cached)), rows, data.action_ids, data.actions)
-    metrics = {"frame_map": round(float(result.metrics[METRIC_NAME]), 4)}
-    metrics.update({f"ap_{n}": round(float(ap), 4) for n, ap in result.per_class.items()})
-    return metrics
-
-
 def train_action_lfb(cfg: ActionLfbTrainConfig):
     """Cache, train the head with its bank, validate, publish; returns the checkpoint folder."""
     if cfg.init is None:
@@ -234,7 +153,7 @@ def train_action_lfb(cfg: ActionLfbTrainConfig):
     train = with_banks(data, cached_features(model, data, train_keys, cfg, "train"), model.config)
     val_keys = val_data.key_frames_of(val_videos)
     val = with_banks(val_data, cached_features(model, val_data, val_keys, cfg, "val"), model.config)
-    log.info("start (the checkpoint, banks in): %s", score_cached(model, val_data, val))
+    log.info("start (the checkpoint, banks in): %s", frame_map(model, val_data, val))
     loop_cfg, optimizer, start = prepare_run(model, cfg)
     loop_cfg.grad_clip = cfg.grad_clip
     batches = batch_stream(CachedSet([train[k] for k in train_keys]), _collate, cfg, start)
@@ -246,7 +165,7 @@ def train_action_lfb(cfg: ActionLfbTrainConfig):
             cfg,
             model,
             FAMILY,
-            lambda m, d, v: score_cached(m, d, val),
+            lambda m, d, v: frame_map(m, d, val),
             data.files.annotations,
             data.class_names,
             (val_data, val_videos),

@@ -28,14 +28,12 @@ from models.train.action import (
     train_action,
 )
 from models.train.action_data import ActionClips, AvaData, clip_indices, prepare_inputs
+from models.train.action_features import actor_features, head_inputs, with_banks
 from models.train.action_lfb import (
     ActionLfbTrainConfig,
     bank_config,
-    cache_key_frames,
-    head_inputs,
     start_from,
     train_action_lfb,
-    with_banks,
 )
 from models.train.distributed import Drawn
 
@@ -301,7 +299,7 @@ def test_lfb_head_starts_as_its_checkpoint_and_reads_past_features_of_its_own_ac
     model = start_from(base, bank_config(base.config, lfb_cfg)).eval()
     data = AvaData.load(root, "train")
     indices = data.key_frames_of(data.videos())
-    features = cache_key_frames(model, data, indices, show_progress=False)
+    features = actor_features(model, data, indices)
     cached = with_banks(data, features, model.config)
     # Banks: an actor's earlier key frames of its video, its own features, never the present.
     seen = 0
