@@ -10,6 +10,7 @@ from models.action.model import build_action_model
 from models.data.synthetic.world import ACTIONS
 
 NAME = "slowfast-acrn"
+BANK_NAME = "slowfast-acrn-lfb"  # the shipped head with a feature bank
 TRAINING_FPS = 8.0  # the synthetic world's
 ACTION_NAMES = list(ACTIONS.values())
 

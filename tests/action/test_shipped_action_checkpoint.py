@@ -73,3 +73,22 @@ def test_manifest_records_how_it_was_made(shipped):
     assert manifest["metrics"]["frame_map"] >= GT_BOXES_FLOOR
     size = sum(p.stat().st_size for p in folder.iterdir())
     assert size <= 50 * 1024 * 1024
+
+
+def test_the_feature_bank_checkpoint_reads_the_shipped_backbone(shipped, held_out):
+    """`slowfast-acrn-lfb` was trained on the shipped checkpoint's frozen features: its backbone
+    is that checkpoint's, weight for weight, and with its banks it keeps the floor."""
+    loaded, folder = shipped
+    store = CheckpointStore(SHIPPED_CHECKPOINTS)
+    bank_folder = store.latest("action", "slowfast-acrn-lfb")
+    assert bank_folder is not None, "the project ships the feature-bank head"
+    manifest = json.loads((bank_folder / "manifest.json").read_text())
+    assert manifest["training"]["init_version"] == folder.name
+    assert manifest["architecture"]["lfb"] != "none"
+    bank = store.load("action", "slowfast-acrn-lfb").model
+    base_state, bank_state = loaded.model.state_dict(), bank.state_dict()
+    frozen = [k for k in base_state if not k.startswith("roi_head.bbox_head.")]
+    assert frozen and all(base_state[k].equal(bank_state[k]) for k in frozen)
+    _, data = held_out
+    metrics = evaluate_action_model(bank, data, data.videos())
+    assert metrics["frame_map"] >= GT_BOXES_FLOOR, metrics

@@ -19,7 +19,7 @@ from service.gateway.grpc_convert import event_from_proto
 from service.gateway.grpc_gen import vidserve_pb2 as pb
 from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc
 from service.schemas import ActionsResult, FrameResult, SegmentResponse
-from tests.action.serving_fixtures import ACTION_NAMES, NAME
+from tests.action.serving_fixtures import ACTION_NAMES, BANK_NAME, NAME
 
 WORLD = WorldConfig(width=320, height=240, frames=12, fps=8, max_objects=2)
 
@@ -116,6 +116,9 @@ def test_the_mp4_shows_the_labels(action_server, action_video):
         ({"action_categories": "person"}, "action_categories"),
         ({"action_min_score": "2"}, "action_min_score"),
         ({"model": "masktrack", "action_stride": "1"}, "action_stride"),
+        ({"action_bank_window": "1"}, "action_bank_window"),  # this model has no bank
+        ({"model": BANK_NAME, "action_bank_window": "60"}, "action_bank_window"),  # too long
+        ({"model": BANK_NAME, "action_bank_window": "-1"}, "action_bank_window"),
     ],
 )
 def test_bad_action_options_are_400(action_server, action_video, data, field):
@@ -124,6 +127,25 @@ def test_bad_action_options_are_400(action_server, action_video, data, field):
     assert response.status_code == 400, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert field in response.json()["detail"]
+
+
+def test_the_model_with_a_feature_bank_is_served_with_its_window(action_server, action_video):
+    models = {m["name"]: m for m in httpx.get(f"{action_server.url}/v1/models").json()["models"]}
+    assert [s["name"] for s in models[BANK_NAME]["stages"]] == ["masktrack", BANK_NAME]
+    path, _ = action_video
+    with_bank = post(action_server, path, {"model": BANK_NAME, "action_stride": "0.25"})
+    without = post(
+        action_server,
+        path,
+        {"model": BANK_NAME, "action_stride": "0.25", "action_bank_window": "0"},
+    )
+    assert with_bank.status_code == 200 and without.status_code == 200, with_bank.text
+    scored = [SegmentResponse.model_validate(r.json()).actions for r in (with_bank, without)]
+    assert [a.key_frame for a in scored[0]] == [0, 2, 4, 6, 8, 10]
+    first = [[t.actions for t in a.tracks] for a in scored[0]]
+    second = [[t.actions for t in a.tracks] for a in scored[1]]
+    # Key frame 0 has no past, so the bank changes nothing there; later ones read it.
+    assert first[0] == second[0] and first[1:] != second[1:]
 
 
 def test_a_video_shorter_than_the_window_gets_actions(action_server, tmp_path):
@@ -191,6 +213,7 @@ def test_grpc_actions_arrive_before_the_stream_ends_when_the_look_ahead_is_reach
         pb.SessionConfig(model=NAME, action_categories="person"),
         pb.SessionConfig(model=NAME, fps=0.0),
         pb.SessionConfig(model="masktrack", action_min_score=0.5),
+        pb.SessionConfig(model=BANK_NAME, action_bank_window=60.0),
     ],
 )
 def test_grpc_bad_action_options_are_invalid_argument(action_server, action_video, config):

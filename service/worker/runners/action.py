@@ -22,7 +22,13 @@ Per session the head keeps (`ActionSession`):
   look-ahead (`look_ahead_s`), or when the session ends, its clip then padded with the last frame
   as MMAction2 clamps a clip to the video. An actor's label scores P(the actor is there), the
   tracker's score, x P(the action | the actor), the head's: a false detection's labels rank low
-  (frame-mAP 0.506 against 0.456 with the head's scores alone, benchmarks/action_quality.py).
+  (frame-mAP 0.506 against 0.456 with the head's scores alone, benchmarks/action_quality.py);
+- with a checkpoint trained with a feature bank (`vidserve train action-lfb`): per track, the
+  features the head computed for it at earlier key frames, within `action_bank_window` seconds
+  (at most the trained window, its default; 0: off) and at most the trained features a second
+  (models.action.feature_bank.TrackBanks). A key frame reads its actors' banks, then adds their
+  features; a lost track's bank empties as time moves past its window, and a session's banks
+  never hold more than BANK_BYTES_PER_SESSION.
 """
 
 from __future__ import annotations
