@@ -52,6 +52,12 @@ def main() -> None:
     parser.add_argument(
         "--score-threshold", type=float, help="the tracker's (default: the model's own, 0.5)"
     )
+    parser.add_argument(
+        "--bank-window",
+        type=float,
+        help="a feature-bank model's action_bank_window (default: its own; 0: off); the "
+        "ground-truth-box figure then reads banks of this window too",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "action_quality.json")
     args = parser.parse_args()
 
@@ -66,17 +72,23 @@ def main() -> None:
             form = {"model": args.model}
             if args.score_threshold is not None:
                 form["score_threshold"] = str(args.score_threshold)
+            if args.bank_window is not None:
+                form["action_bank_window"] = str(args.bank_window)
             detected = score_answers(url, form, root / "videos", meta["videos"], answers)
         detected["result"] = evaluate_action_files(gt_csv, answers).to_dict()
         version = served_version(answers, args.model)
         truth_boxes = score_ground_truth_boxes(
-            args.store / FAMILY / args.model / version, root, resolve_device(args.device)
+            args.store / FAMILY / args.model / version,
+            root,
+            resolve_device(args.device),
+            args.bank_window,
         )
     report = {
         "held_out": {"seed": args.seed, "videos": args.videos, "frames": args.frames},
         "command": " ".join(["uv run python benchmarks/action_quality.py", *sys.argv[1:]]),
         "model": args.model,
         "score_threshold": args.score_threshold,
+        "bank_window": args.bank_window,
         "version": version,
         "detected_boxes": {
             "metrics": detected["result"]["metrics"],
@@ -123,9 +135,12 @@ def served_version(answers: Path, model: str) -> str:
     return versions.pop()
 
 
-def score_ground_truth_boxes(checkpoint: Path, root: Path, device: str) -> dict:
+def score_ground_truth_boxes(
+    checkpoint: Path, root: Path, device: str, bank_window: float | None = None
+) -> dict:
     """The checkpoint's frame-mAP with the ground-truth boxes on every held-out key frame, as
-    the trainer validates it."""
+    the trainer validates it (a feature-bank model with its banks, of `bank_window` seconds
+    when given: 0 reads none)."""
     from models.checkpoints.checkpoint import load_checkpoint
     from models.train.action import evaluate_action_model
     from models.train.action_data import AvaData
@@ -138,11 +153,21 @@ def score_ground_truth_boxes(checkpoint: Path, root: Path, device: str) -> dict:
             f"{checkpoint}: actions {loaded.manifest.class_names} differ from the held-out "
             f"set's {data.class_names}"
         )
-    metrics = evaluate_action_model(loaded.model, data, data.videos())
+    model = loaded.model
+    if bank_window is not None and model.config.lfb != "none":
+        model.config = with_window(model.config, bank_window)
+    metrics = evaluate_action_model(model, data, data.videos())
     return {
         "metrics": {METRIC_NAME: metrics["frame_map"]},
         "per_action": {k.removeprefix("ap_"): v for k, v in metrics.items() if k != "frame_map"},
     }
+
+
+def with_window(config, window: float):
+    """The config with the bank read over `window` seconds; 0: no bank read (an empty one)."""
+    from dataclasses import replace
+
+    return replace(config, lfb_window_s=window or 1e-9)
 
 
 def print_table(report: dict) -> None:
