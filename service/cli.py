@@ -657,6 +657,13 @@ def train_action_command(
             show_default="meta.json's for a `vidserve synth` folder, else AVA's 30",
         ),
     ] = None,
+    backbone: Annotated[
+        str,
+        typer.Option(
+            help="slowfast (SlowFast + ACRN) or slowonly (one pathway, no ACRN: 4 frames 4 "
+            "apart), both at the small configuration's size; ignored with --init."
+        ),
+    ] = "slowfast",
     seed: SeedOption = 0,
     work_dir: WorkDirOption = Path("runs/action"),
     resume: ResumeOption = False,
@@ -668,8 +675,16 @@ def train_action_command(
     publish to the store. Under `torchrun --nproc-per-node N` it trains with DDP; rank 0
     publishes."""
     options = dict(locals())
+    from models.action.config import SMALL_BACKBONES
     from models.train.action import ActionTrainConfig, train_action
 
+    if backbone not in SMALL_BACKBONES:
+        raise typer.BadParameter(
+            f"unknown backbone {backbone!r}; one of {', '.join(SMALL_BACKBONES)}",
+            param_hint="--backbone",
+        )
+    overrides = SMALL_BACKBONES[options.pop("backbone")]
+    options["model_overrides"] = {} if init is not None else overrides
     _train_and_publish(lambda: train_action(_run_config(ActionTrainConfig, options)))
 
 

@@ -36,6 +36,13 @@ POOL_MODES = ("avg", "max")
 STAGE_BLOCKS = {14: (1, 1, 1, 1), 26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 STEM_STRIDE = 4  # the stem's conv (stride 2) and max pool (stride 2)
 AVA_CLASSES = 81  # background slot + AVA's 80 action ids
+# `vidserve train action --backbone`: overrides of the small configuration. SlowOnly as its
+# release (one pathway, no laterals, no ACRN) with 4 frames 4 apart: a 13-frame span, about the
+# SlowFast clip's 16 at the synthetic world's 8 fps.
+SMALL_BACKBONES: dict[str, dict[str, Any]] = {
+    "slowfast": {},
+    "slowonly": dict(backbone="slowonly", lateral=False, acrn=False, clip_len=4, frame_interval=4),
+}
 
 
 @dataclass(frozen=True)

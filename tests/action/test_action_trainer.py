@@ -12,8 +12,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from models.action import ActionConfig, build_action_model
+from models.action.config import SMALL_BACKBONES
 from models.checkpoints.checkpoint import load_checkpoint
 from models.checkpoints.errors import CheckpointError
 from models.data.ava import load_ava_csv
@@ -36,6 +38,7 @@ from models.train.action_lfb import (
     train_action_lfb,
 )
 from models.train.distributed import Drawn
+from service.cli import app
 
 WORLD = WorldConfig(width=96, height=64, frames=8, fps=4, max_objects=2)
 # A tiny model of the small configuration's architecture, at the tiny world's frame size.
@@ -346,3 +349,19 @@ def test_lfb_head_starts_as_its_checkpoint_and_reads_past_features_of_its_own_ac
     control_model = load_checkpoint(control).model
     assert control_model.config.lfb == "none"
     assert control_model.roi_head.bbox_head.fc_cls.in_features == base.config.feature_channels
+
+
+def test_train_action_takes_slowonly_and_refuses_an_unknown_backbone(dataset, tmp_path):
+    root, _ = dataset
+    overrides = {**TINY, **SMALL_BACKBONES["slowonly"], "clip_len": 4, "frame_interval": 1}
+    folder = train_action(train_config(root, tmp_path, iters=1, model_overrides=overrides))
+    architecture = json.loads((folder / "manifest.json").read_text())["architecture"]
+    assert architecture["backbone"] == "slowonly" and architecture["acrn"] is False
+    assert load_checkpoint(folder).model.config.backbone == "slowonly"
+
+    args = ["train", "action", "--data", str(root), "--out", str(tmp_path / "store")]
+    result = CliRunner().invoke(app, [*args, "--backbone", "resnet"])
+    assert result.exit_code == 2
+    assert "unknown backbone 'resnet'" in result.output and "slowonly" in result.output
+    published = tmp_path / "store" / "action" / "slowfast-acrn"
+    assert len(list(published.iterdir())) == 1  # the slowonly run's; the refused run published none
