@@ -463,6 +463,14 @@ ItersOption = Annotated[int, typer.Option(min=1, help="Optimisation steps.")]
 LrOption = Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW, cosine).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of initialisation and sampling.")]
 ResumeOption = Annotated[bool, typer.Option(help="Continue from --work-dir's state.")]
+AvaFpsOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        help="Frame rate of the extracted frames.",
+        show_default="meta.json's for a `vidserve synth` folder, else AVA's 30",
+    ),
+]
 InitOption = Annotated[
     Path | None,
     typer.Option(
@@ -649,14 +657,7 @@ def train_action_command(
     grad_clip: Annotated[
         float, typer.Option(min=0.0, help="Clip the gradients' global norm at this.")
     ] = 10.0,
-    fps: Annotated[
-        float | None,
-        typer.Option(
-            min=0.0,
-            help="Frame rate of the extracted frames.",
-            show_default="meta.json's for a `vidserve synth` folder, else AVA's 30",
-        ),
-    ] = None,
+    fps: AvaFpsOption = None,
     backbone: Annotated[
         str,
         typer.Option(
@@ -725,14 +726,7 @@ def train_action_lfb_command(
     iters: ItersOption = 2000,
     batch_size: Annotated[int, typer.Option(min=1, help="Key frames per step.")] = 16,
     lr: LrOption = 1e-3,
-    fps: Annotated[
-        float | None,
-        typer.Option(
-            min=0.0,
-            help="Frame rate of the extracted frames.",
-            show_default="meta.json's for a `vidserve synth` folder, else AVA's 30",
-        ),
-    ] = None,
+    fps: AvaFpsOption = None,
     seed: SeedOption = 0,
     work_dir: WorkDirOption = Path("runs/action-lfb"),
     resume: ResumeOption = False,
