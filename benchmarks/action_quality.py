@@ -153,21 +153,11 @@ def score_ground_truth_boxes(
             f"{checkpoint}: actions {loaded.manifest.class_names} differ from the held-out "
             f"set's {data.class_names}"
         )
-    model = loaded.model
-    if bank_window is not None and model.config.lfb != "none":
-        model.config = with_window(model.config, bank_window)
-    metrics = evaluate_action_model(model, data, data.videos())
+    metrics = evaluate_action_model(loaded.model, data, data.videos(), bank_window_s=bank_window)
     return {
         "metrics": {METRIC_NAME: metrics["frame_map"]},
         "per_action": {k.removeprefix("ap_"): v for k, v in metrics.items() if k != "frame_map"},
     }
-
-
-def with_window(config, window: float):
-    """The config with the bank read over `window` seconds; 0: no bank read (an empty one)."""
-    from dataclasses import replace
-
-    return replace(config, lfb_window_s=window or 1e-9)
 
 
 def print_table(report: dict) -> None:

@@ -94,16 +94,9 @@ def load_checkpoint(
     """The verified model (eval mode, on `device`) and manifest of the checkpoint at `path`.
     probe=False skips the probe forward pass (the weights are still checked to be finite)."""
     folder = Path(path)
-    manifest = read_manifest(folder)
-    if family is not None and manifest.family != family:
-        raise CheckpointError(
-            folder / MANIFEST_FILE, f"family is {manifest.family!r}, expected {family!r}"
-        )
-    state = read_verified_weights(folder, manifest)
-    check_finite_weights(state, folder / WEIGHTS_FILE)
+    manifest, state = _read_checked(folder, family)
     model = _build(manifest, folder / MANIFEST_FILE)
-    _raise_on_mismatch(_shapes(state), _shapes(model.state_dict()), folder / WEIGHTS_FILE)
-    model.load_state_dict(state, strict=True)
+    _load_exactly(model, state, folder)
     model = model.to(device).eval()
     if probe:
         probe_model(model, manifest.family, folder / WEIGHTS_FILE)
@@ -115,16 +108,28 @@ def load_weights_into(model: nn.Module, path: Path | str, family: str) -> Manife
     checkpoint verified as load_checkpoint verifies it, its names and shapes exactly the model's.
     Returns its manifest."""
     folder = Path(path)
+    manifest, state = _read_checked(folder, family)
+    _load_exactly(model, state, folder)
+    return manifest
+
+
+def _read_checked(folder: Path, family: str | None) -> tuple[Manifest, dict[str, Tensor]]:
+    """The manifest (of `family`, when given) and its verified, finite weights."""
     manifest = read_manifest(folder)
-    if manifest.family != family:
+    if family is not None and manifest.family != family:
         raise CheckpointError(
             folder / MANIFEST_FILE, f"family is {manifest.family!r}, expected {family!r}"
         )
     state = read_verified_weights(folder, manifest)
     check_finite_weights(state, folder / WEIGHTS_FILE)
+    return manifest, state
+
+
+def _load_exactly(model: nn.Module, state: dict[str, Tensor], folder: Path) -> None:
+    """Load a state whose names and shapes are exactly the model's (else a CheckpointError
+    that lists the differences)."""
     _raise_on_mismatch(_shapes(state), _shapes(model.state_dict()), folder / WEIGHTS_FILE)
     model.load_state_dict(state, strict=True)
-    return manifest
 
 
 def verify_checkpoint(path: Path | str) -> Manifest:

@@ -163,10 +163,15 @@ def predict_key_frames(
 
 
 def evaluate_action_model(
-    model: ActionDetector, data: AvaData, videos: list[str], batch_size: int = 4
+    model: ActionDetector,
+    data: AvaData,
+    videos: list[str],
+    batch_size: int = 4,
+    bank_window_s: float | None = None,
 ) -> dict[str, float]:
     """Frame-mAP@0.5 (`frame_map`) with the ground-truth boxes on every key frame of the given
-    videos, and each action's AP (`ap_<name>`, absent for an action with no ground truth)."""
+    videos, and each action's AP (`ap_<name>`, absent for an action with no ground truth).
+    `bank_window_s` narrows a bank model's window (0: no bank read)."""
     indices = data.key_frames_of(videos)
     features = actor_features(model, data, indices, batch_size)
-    return frame_map(model, data, with_banks(data, features, model.config))
+    return frame_map(model, data, with_banks(data, features, model.config, bank_window_s))

@@ -63,26 +63,31 @@ def actor_features(
 
 
 def with_banks(
-    data: AvaData, features: dict[int, Tensor], config: ActionConfig
+    data: AvaData,
+    features: dict[int, Tensor],
+    config: ActionConfig,
+    window_s: float | None = None,
 ) -> dict[int, CachedKeyFrame]:
-    """The key frames' features with each actor's bank (empty without a bank operator): per
-    video, key frames in time order, a bank read before the key frame's own features are
-    written (past only)."""
+    """The key frames' features with each actor's bank: per video, key frames in time order, a
+    bank read before the key frame's own features are written (past only). `window_s` narrows
+    the config's window (0: nothing read, as action_bank_window=0 serves); a model without a bank
+    operator reads none."""
+    window = config.lfb_window_s if window_s is None else window_s
+    reading = config.lfb != "none" and window > 0
     by_video: dict[str, list[int]] = {}
     for k in features:
         by_video.setdefault(data.key_frames[k].video, []).append(k)
     cached = {}
     for keys in by_video.values():
-        banks = TrackBanks(config.lfb_window_s, config.lfb_per_second, BANK_BYTES)
+        banks = TrackBanks(window, config.lfb_per_second, BANK_BYTES) if reading else None
         for k in sorted(keys, key=lambda k: data.key_frames[k].timestamp):
             key = data.key_frames[k]
             ids = list(key.actor_ids)
-            reads = (
-                banks.read(ids, key.timestamp)
-                if config.lfb != "none"
-                else [torch.zeros((0, 0))] * len(ids)
-            )
-            banks.write(ids, features[k], key.timestamp)
+            if banks is None:
+                reads = [torch.zeros((0, 0))] * len(ids)
+            else:
+                reads = banks.read(ids, key.timestamp)
+                banks.write(ids, features[k], key.timestamp)
             cached[k] = CachedKeyFrame(features[k], reads, key.labels)
     return {k: cached[k] for k in features}  # in the order of `features`
 
