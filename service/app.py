@@ -61,9 +61,12 @@ class ModelHost:
         device: str,
         poll_s: float = 2.0,
         redis_url: str | None = None,
+        only: str = "",
     ):
         self.worker = worker
         self.store = CheckpointStore(store)
+        # The checkpoint names this host loads (Settings.models); None: every one in the store.
+        self.only = {n.strip() for n in only.split(",") if n.strip()} or None
         self.device = resolve_device(device)
         self.poll_s = poll_s
         self.redis_url = redis_url
@@ -77,6 +80,8 @@ class ModelHost:
         """Install what changed in the store; returns the names of newly installed versions."""
         installed = []
         for (family, name), version in self.store.snapshot().items():
+            if self.only is not None and name not in self.only:
+                continue
             key = (family, name)
             if self.loaded.get(key) == version:
                 continue
@@ -99,9 +104,14 @@ class ModelHost:
             self.refused.pop((family, name, version), None)
             for runner in runners:
                 self.worker.install(runner)
-                installed.append(f"{runner.info.name}:{version}")
+                installed.append(f"{runner.info.name}:{runner.info.version}")
             self.loaded[key] = version
         return installed
+
+    def missing(self) -> list[str]:
+        """The names asked for (Settings.models) that the store does not hold (yet)."""
+        held = {name for _, name in self.store.snapshot()}
+        return sorted((self.only or set()) - held)
 
     def start(self) -> None:
         threading.Thread(target=self._watch, daemon=True, name="model-host").start()
@@ -142,6 +152,29 @@ class ModelHost:
                 self._stop.wait(2.0)
 
 
+def model_host(worker: Worker, settings: Settings) -> ModelHost:
+    """The host of the settings' store for this worker; names asked for (VIDSERVE_MODELS) that
+    the store lacks are logged: a trainer may publish them later, and the host loads them then."""
+    host = ModelHost(
+        worker,
+        settings.checkpoint_store,
+        settings.device,
+        settings.reload_poll_s,
+        settings.redis_url,
+        settings.models,
+    )
+    missing = host.missing()
+    if missing:
+        held = sorted({name for _, name in host.store.snapshot()})
+        log.warning(
+            "not in the store %s: %s (it holds: %s); each loads when it is published",
+            settings.checkpoint_store,
+            ", ".join(missing),
+            ", ".join(held) or "nothing",
+        )
+    return host
+
+
 def files_signature(folder: Path) -> tuple:
     """What changes when a checkpoint folder's files are written, replaced or completed: each
     file's size, modification time and inode (None for a file not there)."""
@@ -165,7 +198,7 @@ async def serve_embedded(settings: Settings, ready: threading.Event | None = Non
     metrics = Metrics()  # one registry: the gateway's /metrics shows the worker's batches too
     worker = Worker(transport, worker_config(settings), metrics)
     transport.attach(worker)
-    host = ModelHost(worker, settings.checkpoint_store, settings.device, settings.reload_poll_s)
+    host = model_host(worker, settings)
     loaded = install_plugins(worker, settings.plugins) + host.sync()
     log.info("loaded %s from %s", ", ".join(loaded) or "no model", settings.checkpoint_store)
     threading.Thread(target=worker.run, daemon=True, name="worker").start()
@@ -200,13 +233,7 @@ def run_redis_worker(settings: Settings, stop: threading.Event | None = None) ->
         metrics = Metrics()
     worker = Worker(transport, worker_config(settings), metrics)
     transport.attach(worker)
-    host = ModelHost(
-        worker,
-        settings.checkpoint_store,
-        settings.device,
-        settings.reload_poll_s,
-        settings.redis_url,
-    )
+    host = model_host(worker, settings)
     loaded = install_plugins(worker, settings.plugins) + host.sync()
     log.info("worker %s loaded %s", transport.worker_id, ", ".join(loaded) or "no model")
     health = None

@@ -149,6 +149,15 @@ StoreSetting = Annotated[
 DeviceSetting = Annotated[
     str | None, setting_option("device", "auto (CUDA when present), cpu or cuda:N.")
 ]
+ModelsSetting = Annotated[
+    str | None,
+    setting_option(
+        "models",
+        "Comma-separated checkpoint names to load, e.g. masktrack,stcn (an action head needs "
+        "its tracker listed too).",
+        default="all in the store",
+    ),
+]
 RedisSetting = Annotated[
     str | None,
     setting_option(
@@ -166,6 +175,7 @@ def serve(
     host: Annotated[str | None, setting_option("host", "Interface to listen on.")] = None,
     store: StoreSetting = None,
     device: DeviceSetting = None,
+    models: ModelsSetting = None,
     redis_url: Annotated[
         str | None,
         setting_option(
@@ -189,6 +199,7 @@ def serve(
         host=host,
         checkpoint_store=store,
         device=device,
+        models=models,
         redis_url=redis_url,
         default_model=default_model,
     )
@@ -213,6 +224,7 @@ def worker(
     redis_url: RedisSetting = None,
     store: StoreSetting = None,
     device: DeviceSetting = None,
+    models: ModelsSetting = None,
     max_batch_size: Annotated[
         int | None,
         setting_option("max_batch_size", "Most frames in one forward pass.", min=1),
@@ -240,6 +252,7 @@ def worker(
         redis_url=redis_url,
         checkpoint_store=store,
         device=device,
+        models=models,
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
         worker_port=port,

@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     # Where models come from, and what a request gets when it names none.
     checkpoint_store: Path = Field(SHIPPED_CHECKPOINTS, description="checkpoint store folder")
     default_model: str = "masktrack"
+    models: str = Field(
+        "",
+        description="comma-separated checkpoint names a worker loads from the store (e.g. "
+        "'masktrack,stcn'; a pipeline's head needs its first stage listed too); empty: all",
+    )
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda:N'")
     reload_poll_s: float = Field(2.0, description="how often the store is checked for new versions")
     plugins: str = Field(

@@ -10,7 +10,7 @@ import pytest
 from vidserve_client import Busy, Client, FrameResult, Retry, Unauthenticated
 
 from models.data.video import read_video
-from tests.service.conftest import Server
+from tests.service.conftest import MASKTRACK_ONLY, Server
 
 RETRY_AFTER_S = 1
 KEY = "client-test-key"
@@ -25,6 +25,7 @@ def one_session_server(tmp_path_factory):
                 "VIDSERVE_SESSION_WINDOW": "8",  # one session's window fills the gateway
                 "VIDSERVE_RETRY_AFTER_S": str(RETRY_AFTER_S),
                 "VIDSERVE_API_KEYS": KEY,
+                **MASKTRACK_ONLY,
             },
             log=log,
         )

@@ -14,7 +14,7 @@ from models.checkpoints.checkpoint import load_checkpoint, save_checkpoint
 from models.checkpoints.manifest import MANIFEST_FILE, WEIGHTS_FILE
 from models.checkpoints.store import CheckpointStore
 from service.settings import SHIPPED_CHECKPOINTS
-from tests.service.conftest import Server
+from tests.service.conftest import MASKTRACK_ONLY, Server
 from tests.service.test_hot_reload import served_version, wait_for
 
 NAN_VERSION = "99990301T000000Z"  # sorts after any timestamp version
@@ -28,7 +28,7 @@ def reloading(tmp_path_factory):
     shutil.copytree(SHIPPED_CHECKPOINTS, store, dirs_exist_ok=True)
     log_path = tmp_path_factory.mktemp("logs") / "server.log"
     log = open(log_path, "w")  # noqa: SIM115
-    server = Server(store=store, env={"VIDSERVE_RELOAD_POLL_S": "0.3"}, log=log)
+    server = Server(store=store, env={"VIDSERVE_RELOAD_POLL_S": "0.3", **MASKTRACK_ONLY}, log=log)
     yield server, store, log_path
     server.stop()
     log.close()

@@ -40,7 +40,7 @@ from service.queue.redis_streams import (
 from service.settings import SHIPPED_CHECKPOINTS
 from service.worker.runners import load_runner_from_store
 from service.worker.worker import Worker, WorkerConfig
-from tests.service.conftest import ROOT, Server, free_port
+from tests.service.conftest import MASKTRACK_ONLY, ROOT, Server, free_port
 from tests.service.test_grpc import png
 
 DRAIN_DB = 9  # databases of the tests' own redis-server (test_redis has 1, 2, 6; deploy 3)
@@ -58,7 +58,7 @@ def start_worker(url: str, log, port: int, env=None) -> subprocess.Popen:
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "VIDSERVE_HOST": "127.0.0.1", **(env or {})},
+        env={**os.environ, "VIDSERVE_HOST": "127.0.0.1", **MASKTRACK_ONLY, **(env or {})},
     )
 
 
@@ -333,7 +333,7 @@ def test_the_embedded_server_given_sigterm_mid_request_completes_it(tmp_path):
     video = tmp_path / "long.mp4"
     write_mp4(video, generate_video(world, 77, 0).frames, world.fps)
     with open(tmp_path / "server.log", "w") as log:
-        server = Server(env={"VIDSERVE_DRAIN_GRACE_S": str(GRACE_S)}, log=log)
+        server = Server(env={"VIDSERVE_DRAIN_GRACE_S": str(GRACE_S), **MASKTRACK_ONLY}, log=log)
         try:
             lines, refused = [], {}
             with (

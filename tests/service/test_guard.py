@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.gateway.grpc_gen import vidserve_pb2 as pb
 from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc
-from tests.service.conftest import Server
+from tests.service.conftest import MASKTRACK_ONLY, Server
 
 KEY = "s3cret-key"
 OTHER_KEY = "another-key"
@@ -35,6 +35,7 @@ def guarded(tmp_path_factory):
                 "VIDSERVE_MAX_VIDEO_FRAMES": str(MAX_FRAMES),
                 "VIDSERVE_BODY_TIMEOUT_S": "1",
                 "VIDSERVE_BODY_DEADLINE_S": "3",
+                **MASKTRACK_ONLY,
             },
             log=log,
         )

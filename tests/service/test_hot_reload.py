@@ -16,7 +16,7 @@ from models.data.video import read_video
 from service.gateway.grpc_gen import vidserve_pb2 as pb
 from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc
 from service.settings import SHIPPED_CHECKPOINTS
-from tests.service.conftest import Server
+from tests.service.conftest import MASKTRACK_ONLY, Server
 from tests.service.test_grpc import png
 
 NEW_VERSION = "99990101T000000Z"  # sorts after any timestamp version
@@ -29,7 +29,7 @@ def reloading(tmp_path_factory):
     shutil.copytree(SHIPPED_CHECKPOINTS, store, dirs_exist_ok=True)
     log_path = tmp_path_factory.mktemp("logs") / "server.log"
     log = open(log_path, "w")  # noqa: SIM115
-    server = Server(store=store, env={"VIDSERVE_RELOAD_POLL_S": "0.3"}, log=log)
+    server = Server(store=store, env={"VIDSERVE_RELOAD_POLL_S": "0.3", **MASKTRACK_ONLY}, log=log)
     yield server, store, log_path
     server.stop()
     log.close()

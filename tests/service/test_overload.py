@@ -10,7 +10,7 @@ import pytest
 from models.data.video import read_video
 from service.gateway.grpc_gen import vidserve_pb2 as pb
 from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc
-from tests.service.conftest import Server
+from tests.service.conftest import MASKTRACK_ONLY, Server
 from tests.service.test_grpc import png
 from tests.service.test_rest import post
 
@@ -27,6 +27,7 @@ def small_server(tmp_path_factory):
             "VIDSERVE_MAX_FRAMES_IN_FLIGHT": "16",
             "VIDSERVE_SESSION_WINDOW": "8",
             "VIDSERVE_RETRY_AFTER_S": "2",
+            **MASKTRACK_ONLY,
         },
         log=log,
     )

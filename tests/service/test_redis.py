@@ -59,7 +59,7 @@ from service.schemas import (
 )
 from service.settings import SHIPPED_CHECKPOINTS
 from service.worker.runner import ModelInfo
-from tests.service.conftest import ROOT, Server
+from tests.service.conftest import MASKTRACK_ONLY, ROOT, Server
 from tests.service.test_rest import LOW, assert_same_frames, post
 
 CLUSTER_DB = 1  # the processes' database on the test redis-server
@@ -436,7 +436,7 @@ def start_worker(url: str, log) -> subprocess.Popen:
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=dict(os.environ),
+        env={**os.environ, **MASKTRACK_ONLY},
     )
 
 
@@ -624,7 +624,7 @@ def test_per_frame_uploads_never_fill_a_workers_session_table(redis_server, tmp_
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "VIDSERVE_MAX_SESSIONS": "4"},
+            env={**os.environ, "VIDSERVE_MAX_SESSIONS": "4", **MASKTRACK_ONLY},
         )
         gateway = None
         try:
