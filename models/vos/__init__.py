@@ -2,7 +2,8 @@
 
 Model: STCN(VosConfig) with encode_keys (batched over frames of any sessions), encode_values,
 decode and forward_clip (training). Inference: VosSession per video or stream
-(add_prompt, step, memory_bytes), with a bounded memory; segment_video runs a whole video from
+(add_prompt, step, memory_bytes), with a bounded memory; step_round runs the frames of many
+sessions in batched passes (plan, step_round, commit); segment_video runs a whole video from
 its first-frame masks (the DAVIS protocol). Checkpoints: family "vos",
 architecture = VosConfig.to_dict(); load_official_stcn reads the published stcn.pth.
 """
@@ -18,6 +19,8 @@ from models.vos.checkpoint import (
 )
 from models.vos.config import VosConfig
 from models.vos.inference import (
+    FramePlan,
+    FrameStep,
     ObjectResult,
     PreparedFrame,
     PromptBudgetError,
@@ -29,6 +32,7 @@ from models.vos.inference import (
     masks_from_label_map,
     prepare_for_inference,
     prepare_frame,
+    step_round,
 )
 from models.vos.memory import MemoryBank, MemoryBudget, MemoryBudgetError
 from models.vos.network import STCN, KeyFeatures
@@ -38,6 +42,8 @@ register_family(FAMILY, build_vos_model, probe=probe_stcn)
 
 __all__ = [
     "FAMILY",
+    "FramePlan",
+    "FrameStep",
     "STCN",
     "KeyFeatures",
     "MemoryBank",
@@ -60,4 +66,5 @@ __all__ = [
     "prepare_for_inference",
     "prepare_frame",
     "segment_video",
+    "step_round",
 ]

@@ -129,13 +129,18 @@ class UpsampleBlock(nn.Module):
         self.skip_conv = nn.Conv2d(skip_channels, up_channels, 3, padding=1)
         self.out_conv = ResBlock(up_channels, out_channels)
 
-    def forward(self, skip: Tensor, coarse: Tensor) -> Tensor:
+    def forward(self, skip: Tensor, coarse: Tensor, frame_of: Tensor | None = None) -> Tensor:
+        """skip (1 or K, ...) for a coarse (K, ...), or skip (B, ...) of B frames with frame_of
+        (K,) giving each coarse row's frame: the skip conv runs once a frame either way."""
+        skip = self.skip_conv(skip)
+        if frame_of is not None:
+            skip = skip[frame_of]
         # Upsample to the skip's size rather than by x2: both are equal for padded inputs, and
         # this stays correct for odd feature sizes.
         upsampled = F.interpolate(
             coarse, size=skip.shape[-2:], mode="bilinear", align_corners=False
         )
-        return self.out_conv(self.skip_conv(skip) + upsampled)
+        return self.out_conv(skip + upsampled)
 
 
 class ChannelGate(nn.Module):

@@ -10,7 +10,8 @@ the memory values through an L2 affinity to the memory keys (top-k softmax), and
 turns readout ++ compressed key feature into one logit map per object.
 
 The methods are the pieces a caller composes, each batched along its first dimension:
-`encode_keys` (any number of frames, from any sessions), `encode_values`, `decode`, and
+`encode_keys` (any number of frames, from any sessions), `encode_values` and `decode` (the
+objects of one frame, or of many frames with `frame_of` saying whose each object is), and
 `forward_clip` (the training pass over short clips). The memory read has no weights: it is in
 models.vos.ops, and models.vos.memory keeps the memory of an inference session.
 """
@@ -140,12 +141,15 @@ class Decoder(nn.Module):
         self.up_8_4 = UpsampleBlock(f4_channels, width8, width4)
         self.pred = nn.Conv2d(width4, 1, 3, padding=1)
 
-    def forward(self, x16: Tensor, f8: Tensor, f4: Tensor) -> Tensor:
-        """x16 (K, Cv + Ckc, h, w); f8 and f4 with a batch of K, or of 1 shared by all K.
+    def forward(
+        self, x16: Tensor, f8: Tensor, f4: Tensor, frame_of: Tensor | None = None
+    ) -> Tensor:
+        """x16 (K, Cv + Ckc, h, w); f8 and f4 with a batch of K, or of 1 shared by all K, or of
+        B frames with frame_of (K,) giving each row's frame (their convs run once a frame).
 
         Returns logits (K, 1, 16h, 16w).
         """
-        x = self.up_8_4(f4, self.up_16_8(f8, self.compress(x16)))
+        x = self.up_8_4(f4, self.up_16_8(f8, self.compress(x16), frame_of), frame_of)
         logits = self.pred(F.relu(x))
         return F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)
 
@@ -173,25 +177,40 @@ class STCN(nn.Module):
         f16, f8, f4 = self.key_encoder(images)
         return KeyFeatures(self.key_proj(f16), self.key_comp(f16), f16, f8, f4)
 
-    def encode_values(self, image: Tensor, key_f16: Tensor, masks: Tensor) -> Tensor:
-        """Memory values of K objects on one frame: (K, value_dim, H/16, W/16).
+    def encode_values(
+        self, image: Tensor, key_f16: Tensor, masks: Tensor, frame_of: Tensor | None = None
+    ) -> Tensor:
+        """Memory values of K objects: (K, value_dim, H/16, W/16).
 
-        image (1, 3, H, W) and key_f16 (1, C16, h, w) of that frame; masks (K, H, W) in [0, 1].
-        Each object sees its own mask and the sum of the others' (zeros when K = 1).
+        image (B, 3, H, W) and key_f16 (B, C16, h, w) of B frames, masks (K, H, W) in [0, 1];
+        frame_of (K,) is each mask's frame (None: all on one frame, B = 1), so that the objects
+        of many sessions' frames go through one pass. Each object sees its own mask and the sum
+        of the other masks of its frame (zeros for a frame's only object).
         """
         count = masks.shape[0]
         masks = masks.unsqueeze(1)
-        others = masks.sum(dim=0, keepdim=True) - masks
-        return self.value_encoder(
-            image.expand(count, -1, -1, -1), masks, others, key_f16.expand(count, -1, -1, -1)
-        )
+        if frame_of is None:
+            others = masks.sum(dim=0, keepdim=True) - masks
+            image, key_f16 = image.expand(count, -1, -1, -1), key_f16.expand(count, -1, -1, -1)
+        else:
+            totals = masks.new_zeros((image.shape[0], *masks.shape[1:]))
+            others = totals.index_add_(0, frame_of, masks)[frame_of] - masks
+            image, key_f16 = image[frame_of], key_f16[frame_of]
+        return self.value_encoder(image, masks, others, key_f16)
 
-    def decode(self, readout: Tensor, features: KeyFeatures) -> Tensor:
+    def decode(
+        self, readout: Tensor, features: KeyFeatures, frame_of: Tensor | None = None
+    ) -> Tensor:
         """Logits (K, H, W) of K objects from their readouts (K, value_dim, h, w) and the query
-        frame's features (a batch of 1, shared by all objects)."""
+        frames' features: a batch of 1 shared by all objects, or B frames with frame_of (K,)
+        giving each object's frame (the objects of many sessions' frames in one pass)."""
         count = readout.shape[0]
-        x16 = torch.cat([readout, features.key_comp.expand(count, -1, -1, -1)], dim=1)
-        return self.decoder(x16, features.f8, features.f4)[:, 0]
+        if frame_of is None:
+            key_comp = features.key_comp.expand(count, -1, -1, -1)
+        else:
+            key_comp = features.key_comp[frame_of]
+        x16 = torch.cat([readout, key_comp], dim=1)
+        return self.decoder(x16, features.f8, features.f4, frame_of)[:, 0]
 
     def forward_clip(
         self,

@@ -1,5 +1,6 @@
-"""The STCN runner the worker calls: one key-encoder pass over the frames of many sessions,
-prompts applied per session, errors kept to their own item, results in the shared schema."""
+"""The STCN runner the worker calls: one key-encoder pass and one round (readout, decoder,
+value encoder) over the frames of many sessions in the forward, which changes no session; each
+session's commit in its step; errors kept to their own item; results in the shared schema."""
 
 from types import SimpleNamespace
 
@@ -10,7 +11,7 @@ from vos_fixtures import box_mask, random_frames, tiny_config
 
 from models.data.rle import decode_rle, encode_mask
 from models.vos import STCN, VosSession
-from service.worker.runner import OptionError, WorkItem, run_frames
+from service.worker.runner import OptionError, WorkItem, run_forward, run_frames
 from service.worker.runners import vos as vos_runner
 from service.worker.runners.vos import VosRunner
 
@@ -128,3 +129,39 @@ def test_unknown_options_are_refused(runner):
         runner.open_session({"score_threshold": 0.5})
     assert isinstance(runner.open_session({}), VosSession)
     assert runner.info.takes_prompt and runner.info.stateful and runner.info.one_frame_per_batch
+
+
+def test_the_forward_runs_one_round_and_changes_no_session(runner, monkeypatch):
+    rounds = []
+    original = vos_runner.step_round
+
+    def counting(model, plans):
+        rounds.append(len(plans))
+        return original(model, plans)
+
+    monkeypatch.setattr(vos_runner, "step_round", counting)
+    frames = random_frames(3, H, W, seed=4)
+    prompts = [
+        prompt_of(box_mask(H, W, 4, 4, 12)),
+        prompt_of(box_mask(H, W, 10, 20, 10), box_mask(H, W, 0, 0, 8)),
+    ]
+    states = [runner.open_session({}) for _ in range(3)]  # the third never gets a prompt
+
+    def state(session):
+        return session.next_frame_index, session.object_ids, len(session.memory)
+
+    for t in range(3):
+        batch = [
+            item(states[k], t, frames[t], prompts[k] if t == 0 and k < 2 else None, f"s{k}")
+            for k in range(3)
+        ]
+        views = [work.viewing(runner.forward_view(work.state)) for work in batch]
+        before = [state(session) for session in states]
+        first = run_forward(runner.forward, views)
+        outputs = run_forward(runner.forward, views)  # a retried forward: nothing changed
+        assert [state(session) for session in states] == before
+        for work, output, again in zip(batch, outputs, first, strict=True):
+            [answer] = runner.step(work, output)
+            assert answer.objects == vos_runner.result_objects(again.step.results)
+    assert rounds == [3] * 6
+    assert [state(session) for session in states] == [(3, [1], 1), (3, [1, 2], 1), (3, [], 0)]

@@ -71,7 +71,7 @@ class BoxPainter(STCN):
 
     box = (0, 0, 0, 0)  # top, left, bottom, right in padded working pixels
 
-    def decode(self, readout, features):
+    def decode(self, readout, features, frame_of=None):
         height, width = (4 * size for size in features.f4.shape[-2:])
         logits = torch.full((readout.shape[0], height, width), -20.0)
         top, left, bottom, right = self.box

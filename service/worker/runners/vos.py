@@ -1,10 +1,13 @@
-"""STCN in the worker: key encoding batched across sessions (the forward), then each session's
-memory step (readout, decoder, memorising: the step).
+"""STCN in the worker: the heavy work of a round of frames, batched across sessions (the
+forward), then each session's commit (the step).
 
-A frame's work splits in two (models.vos.inference): the key encoder, the same for every
-session and the heaviest part, runs once over the frames of all sessions in the batch; then each
-session reads its own memory, decodes its objects and memorises. Prompts ({object id: COCO RLE})
-arrive with the frame they mark and are given to the session just before that frame's step.
+The forward (models.vos.inference) runs the key encoder once over the frames of all sessions in
+the batch, then `step_round`: every session's memory readout (memories of different lengths
+padded and masked), the decoder over all their objects and the value encoder over the objects
+of the frames to memorise, in batched passes. It reads the sessions' memories and changes none.
+The step commits each session's frame: its memory frame, its prompt, its objects. Prompts
+({object id: COCO RLE}) arrive with the frame they mark; the forward plans the frame with its
+prompt and the step adds both to the session together.
 """
 
 from dataclasses import dataclass
@@ -15,7 +18,7 @@ from models.checkpoints.manifest import Manifest
 from models.data.rle import decode_rle, encode_mask, mask_box_xyxy
 from models.vos import (
     STCN,
-    KeyFeatures,
+    FrameStep,
     ObjectResult,
     PreparedFrame,
     PromptError,
@@ -23,6 +26,7 @@ from models.vos import (
     VosSession,
     encode_key_batch,
     prepare_for_inference,
+    step_round,
 )
 from service.schemas import DetectedObject
 from service.worker.options import read_options
@@ -42,34 +46,47 @@ OBJECT_CATEGORY = "object"  # VOS is class-agnostic: an object is whatever its p
 
 @dataclass
 class Prepared:
-    """The forward pass's answer for one item: its frame as the model takes it, its decoded
-    prompt and, when the frame will be segmented, its key features."""
+    """A frame as the forward pass has it: the frame as the model takes it, its decoded prompt
+    and, once the round is computed, the step that the session commits."""
 
     frame: PreparedFrame
     prompt: dict[int, np.ndarray] | None = None
-    features: KeyFeatures | None = None
+    step: FrameStep | None = None
 
 
-class KeyEncoderForward(BatchedForward):
-    """The key encoder over the frames of every session in a batch: the heaviest part of a frame,
-    the same for all sessions. It reads whether a session has objects; it writes nothing."""
+class StcnForward(BatchedForward):
+    """A round of frames of many sessions: the key encoder over all of them, then the memory
+    readout, decoder and value encoder over all sessions in batched passes (step_round). It
+    reads the sessions (objects, prompts, memories) and changes none."""
 
     def __init__(self, model: STCN, name: str):
         self.model = model
-        self.name = f"{name}-key-encoder"
+        self.name = f"{name}-round"
 
     def run(self, items: list[WorkItem]) -> list[Prepared | OptionError]:
         prepared = [self._prepare(item) for item in items]
         # Only frames that will be segmented need keys: a session with no object yet and no
         # prompt on this frame answers "nothing" without touching the network.
         wanted = [
-            ready
-            for item, ready in zip(items, prepared, strict=True)
+            position
+            for position, (item, ready) in enumerate(zip(items, prepared, strict=True))
             if isinstance(ready, Prepared) and (ready.prompt or item.state.needs_key_features())
         ]
-        encoded = encode_key_batch(self.model, [ready.frame for ready in wanted])
-        for ready, features in zip(wanted, encoded, strict=True):
-            ready.features = features
+        encoded = encode_key_batch(self.model, [prepared[p].frame for p in wanted])
+        features = dict(zip(wanted, encoded, strict=True))
+        plans, planned = [], []
+        for position, (item, ready) in enumerate(zip(items, prepared, strict=True)):
+            if not isinstance(ready, Prepared):
+                continue
+            session: VosSession = item.state
+            try:
+                plans.append(session.plan(ready.frame, features.get(position), ready.prompt))
+            except PromptError as error:
+                prepared[position] = OptionError(f"prompt: {error}")
+                continue
+            planned.append(ready)
+        for ready, step in zip(planned, step_round(self.model, plans), strict=True):
+            ready.step = step
         return prepared
 
     def _prepare(self, item: WorkItem) -> Prepared | OptionError:
@@ -92,7 +109,7 @@ class VosRunner(ModelRunner):
         self, model: STCN, manifest: Manifest, name: str, settings: SessionSettings | None = None
     ):
         self.model = prepare_for_inference(model)
-        self.forward = KeyEncoderForward(self.model, name)
+        self.forward = StcnForward(self.model, name)
         self.settings = settings or SessionSettings()
         self.info = ModelInfo(
             name=name,
@@ -101,7 +118,7 @@ class VosRunner(ModelRunner):
             classes=(),
             stateful=True,
             takes_prompt=True,
-            one_frame_per_batch=True,  # a step reads the memory the previous frame wrote
+            one_frame_per_batch=True,  # the forward reads the memory the previous step wrote
         )
 
     def open_session(self, options: dict) -> VosSession:
@@ -112,14 +129,11 @@ class VosRunner(ModelRunner):
         state.close()
 
     def step(self, item: WorkItem, ready: Prepared) -> list[Output]:
-        """Read the memory, decode the objects, memorise: the session's own part of a frame."""
+        """Commit the frame the forward computed: its memory frame, prompt and objects."""
         session: VosSession = item.state
-        try:
-            if ready.prompt:
-                session.add_prompt(session.next_frame_index, ready.prompt)
-            results = session.step(ready.frame, ready.features)
-        except PromptError as error:
-            raise OptionError(f"prompt: {error}") from None
+        if ready.step is None:
+            raise RuntimeError(f"frame {item.index} of {item.session_id} was not computed")
+        results = session.commit(ready.step)
         return [FrameOutput(item.index, item.time, result_objects(results))]
 
 
