@@ -50,9 +50,8 @@ def run_batched(model):
     return outputs
 
 
-def test_batched_key_encoding_gives_the_same_results():
-    model = tiny_model()
-    alone, batched = run_one_at_a_time(model), run_batched(model)
+def assert_same_results(alone, batched) -> None:
+    """Per session, per frame: the same objects, probabilities within 1e-5, the same masks."""
     for session_alone, session_batched in zip(alone, batched, strict=True):
         for frame_alone, frame_batched in zip(session_alone, session_batched, strict=True):
             assert list(frame_alone) == list(frame_batched)
@@ -60,6 +59,12 @@ def test_batched_key_encoding_gives_the_same_results():
                 other = frame_batched[object_id]
                 assert torch.allclose(result.prob, other.prob, atol=1e-5, rtol=0)
                 assert torch.equal(result.mask, other.mask)
+
+
+def test_batched_key_encoding_gives_the_same_results():
+    model = tiny_model()
+    alone, batched = run_one_at_a_time(model), run_batched(model)
+    assert_same_results(alone, batched)
     assert [list(frame) for frame in alone[2]] == [[], [4], [4], [4]]
 
 
@@ -194,13 +199,7 @@ def test_a_round_of_sessions_gives_what_each_session_alone_gives():
     model = tiny_model()
     alone_sessions, alone = run_sessions_alone(model)
     round_sessions_, in_rounds = run_sessions_in_rounds(model)
-    for session_alone, session_round in zip(alone, in_rounds, strict=True):
-        for frame_alone, frame_round in zip(session_alone, session_round, strict=True):
-            assert list(frame_alone) == list(frame_round)
-            for object_id, result in frame_alone.items():
-                other = frame_round[object_id]
-                assert torch.allclose(result.prob, other.prob, atol=1e-5, rtol=0)
-                assert torch.equal(result.mask, other.mask)
+    assert_same_results(alone, in_rounds)
     for session_alone, session_round in zip(alone_sessions, round_sessions_, strict=True):
         assert state_of(session_alone) == state_of(session_round)
         assert session_alone._last_prompt_index == session_round._last_prompt_index

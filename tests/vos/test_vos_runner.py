@@ -24,18 +24,23 @@ def runner():
     return VosRunner(STCN(tiny_config()).eval(), SimpleNamespace(version="v1"), "stcn")
 
 
+def count_items(monkeypatch, function: str) -> list[int]:
+    """How many items (frames, plans) each call of the runner module's `function` got."""
+    calls = []
+    original = getattr(vos_runner, function)
+
+    def counting(model, items):
+        calls.append(len(items))
+        return original(model, items)
+
+    monkeypatch.setattr(vos_runner, function, counting)
+    return calls
+
+
 @pytest.fixture
 def key_passes(monkeypatch):
     """How many frames each encode_key_batch call of the runner got."""
-    calls = []
-    original = vos_runner.encode_key_batch
-
-    def counting(model, frames):
-        calls.append(len(frames))
-        return original(model, frames)
-
-    monkeypatch.setattr(vos_runner, "encode_key_batch", counting)
-    return calls
+    return count_items(monkeypatch, "encode_key_batch")
 
 
 def prompt_of(*masks):
@@ -132,14 +137,7 @@ def test_unknown_options_are_refused(runner):
 
 
 def test_the_forward_runs_one_round_and_changes_no_session(runner, monkeypatch):
-    rounds = []
-    original = vos_runner.step_round
-
-    def counting(model, plans):
-        rounds.append(len(plans))
-        return original(model, plans)
-
-    monkeypatch.setattr(vos_runner, "step_round", counting)
+    rounds = count_items(monkeypatch, "step_round")
     frames = random_frames(3, H, W, seed=4)
     prompts = [
         prompt_of(box_mask(H, W, 4, 4, 12)),
