@@ -30,9 +30,11 @@ def test_a_host_loads_only_the_models_asked_for_and_a_missing_one_once_published
     assert served(worker) == {"stcn"}  # cascade-swin is in the store, not asked for
 
     shutil.copytree(SHIPPED_CHECKPOINTS / "vis", store / "vis")  # a trainer publishes it
-    installed = host.sync()
-    assert served(worker) == {"stcn", "masktrack", "masktrack-instance"}
-    assert {name.split(":")[0] for name in installed} == {"masktrack", "masktrack-instance"}
+    installed = {name.split(":")[0] for name in host.sync()}
+    # (plus the pipelines over masktrack that this test process registered before, if any)
+    assert {"masktrack", "masktrack-instance"} <= installed
+    assert served(worker) == {"stcn"} | installed
+    assert "cascade-swin" not in installed
     assert host.missing() == []
 
 
