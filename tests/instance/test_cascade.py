@@ -137,7 +137,7 @@ def test_training_losses_fall_on_one_image():
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
-        totals.append(float(total))
+        totals.append(total.item())
     assert np.mean(totals[-3:]) < 0.7 * np.mean(totals[:3]), totals
 
 
