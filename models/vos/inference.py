@@ -45,8 +45,9 @@ thread-safe: one caller at a time per session (the worker's session affinity giv
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -65,6 +66,8 @@ from models.vos.memory import (
 )
 from models.vos.network import STCN, STRIDE, KeyFeatures
 from models.vos.ops import soft_aggregate
+
+T = TypeVar("T")
 
 MaskLike = np.ndarray | Tensor
 
@@ -165,11 +168,8 @@ def prepare_frame(
 @torch.inference_mode()
 def encode_key_batch(model: STCN, frames: Sequence[PreparedFrame]) -> list[KeyFeatures]:
     """Key features of frames from any sessions, one forward pass per padded size."""
-    by_size: dict[tuple[int, ...], list[int]] = {}
-    for position, frame in enumerate(frames):
-        by_size.setdefault(tuple(frame.image.shape), []).append(position)
     features: list[KeyFeatures | None] = [None] * len(frames)
-    for positions in by_size.values():
+    for positions in _grouped(range(len(frames)), lambda p: tuple(frames[p].image.shape)):
         batch = model.encode_keys(torch.cat([frames[p].image for p in positions]))
         for position, frame_features in zip(positions, batch.split(), strict=True):
             features[position] = frame_features
@@ -574,10 +574,11 @@ def _value_chunks(groups: list[list[FramePlan]]) -> list[list[FramePlan]]:
     return chunks
 
 
-def _grouped(plans: Sequence[FramePlan], key) -> list[list[FramePlan]]:
-    groups: dict[object, list[FramePlan]] = {}
-    for plan in plans:
-        groups.setdefault(key(plan), []).append(plan)
+def _grouped(items: Iterable[T], key: Callable[[T], Hashable]) -> list[list[T]]:
+    """The items in groups of equal key(item), in order of first appearance."""
+    groups: dict[Hashable, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
     return list(groups.values())
 
 
