@@ -629,6 +629,16 @@ def train_panoptic_command(
     grad_clip: Annotated[
         float, typer.Option(min=0.0, help="Clip the gradients' global norm at this.")
     ] = 1.0,
+    trunk_init: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            help="A published checkpoint whose backbone.body is the small trunk (e.g. "
+            "checkpoints/vis/masktrack/<version>): the trunk starts from its weights.",
+            show_default="from scratch",
+        ),
+    ] = None,
     seed: SeedOption = 0,
     work_dir: WorkDirOption = Path("runs/panoptic"),
     resume: ResumeOption = False,

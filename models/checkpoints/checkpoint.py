@@ -113,6 +113,25 @@ def load_weights_into(model: nn.Module, path: Path | str, family: str) -> Manife
     return manifest
 
 
+def load_part_into(module: nn.Module, path: Path | str, prefix: str) -> Manifest:
+    """Start `module` from the weights under `prefix` of a published checkpoint of any family
+    (e.g. a trunk pretrained inside another model, `backbone.body.`): verified as
+    load_checkpoint verifies them, the prefix stripped, names and shapes exactly the module's.
+    Returns the checkpoint's manifest."""
+    folder = Path(path)
+    manifest, state = _read_checked(folder, None)
+    part = {name[len(prefix) :]: value for name, value in state.items() if name.startswith(prefix)}
+    if not part:
+        raise CheckpointError(folder / WEIGHTS_FILE, f"holds no weights under {prefix!r}")
+    problems = describe_mismatch(_shapes(part), _shapes(module.state_dict()))
+    if problems:
+        raise CheckpointError(
+            folder / WEIGHTS_FILE, f"its weights under {prefix!r} do not fit: {problems}"
+        )
+    module.load_state_dict(part, strict=True)
+    return manifest
+
+
 def _read_checked(folder: Path, family: str | None) -> tuple[Manifest, dict[str, Tensor]]:
     """The manifest (of `family`, when given) and its verified, finite weights."""
     manifest = read_manifest(folder)

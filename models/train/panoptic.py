@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from models.checkpoints.checkpoint import load_part_into
 from models.common.image import resize_masks
 from models.data.coco_panoptic import PanopticDataset, PanopticImage, load_coco_panoptic
 from models.eval.panoptic import PqCounts, Segments, count_image, pq_metrics
@@ -45,6 +46,8 @@ from models.train.vis_data import read_rgb
 
 log = logging.getLogger(__name__)
 
+TRUNK_PREFIX = "backbone.body."  # where the detection families keep the trunk of their FPN
+
 
 @dataclass(kw_only=True)
 class PanopticTrainConfig(TrainRun):
@@ -56,6 +59,10 @@ class PanopticTrainConfig(TrainRun):
     # Object-mask thresholds the validation tries (evaluate_panoptic_model); the best is
     # published in the architecture. Empty: keep the configured one (the release's 0.8).
     object_mask_thresholds: tuple[float, ...] = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+    # A published checkpoint whose `backbone.body` is this model's trunk (masktrack's small
+    # trunk): the release starts from an ImageNet-pretrained R50, the small model from a trunk
+    # trained on the same world. None: the trunk starts from scratch.
+    trunk_init: Path | None = None
 
 
 @dataclass
@@ -210,7 +217,9 @@ def _train_panoptic(cfg: PanopticTrainConfig) -> Path | None:
         num_stuff=data.num_stuff,
         **cfg.model_overrides,
     )
-    model = prepare_model(build_maskformer(config), synced_batchnorm=True)
+    network = build_maskformer(config)
+    trunk_from = start_trunk(network, cfg.trunk_init)
+    model = prepare_model(network, synced_batchnorm=True)
     frames = PanopticFrames(data)
     keys = data.images_of(train_videos)
     loop_cfg, optimizer, start = prepare_run(model, cfg)
@@ -240,8 +249,20 @@ def _train_panoptic(cfg: PanopticTrainConfig) -> Path | None:
             start,
             len(train_videos),
             grad_clip=cfg.grad_clip,
+            **trunk_from,
         )
     )
+
+
+def start_trunk(model: MaskFormer, checkpoint: Path | None) -> dict[str, str]:
+    """Load the trunk from `checkpoint`'s `backbone.body` (names and shapes exactly the trunk's,
+    else a CheckpointError); what the manifest records of it."""
+    if checkpoint is None:
+        return {}
+    source = load_part_into(model.backbone, checkpoint, TRUNK_PREFIX)
+    origin = f"{source.family}/{Path(checkpoint).parent.name}/{source.version}"
+    log.info("trunk from %s (%s)", checkpoint, origin)
+    return {"trunk_init": origin}
 
 
 def split_panoptic(cfg: PanopticTrainConfig, data: PanopticData) -> tuple[list[str], tuple]:

@@ -206,3 +206,32 @@ def test_train_publish_reload_resume(dataset, tmp_path):
     assert training["resumed_from_step"] == 3 and training["iters"] == 5
     losses = (tmp_path / "work" / "losses.tsv").read_text().splitlines()
     assert [int(line.split("\t")[0]) for line in losses] == [0, 1, 2, 3, 4]
+
+
+def test_the_trunk_starts_from_a_detection_checkpoints_backbone_body_key_for_key():
+    from safetensors.torch import load_file
+
+    from models.checkpoints.errors import CheckpointError
+    from models.checkpoints.store import CheckpointStore
+    from models.train.panoptic import start_trunk
+    from service.settings import SHIPPED_CHECKPOINTS
+
+    store = CheckpointStore(SHIPPED_CHECKPOINTS)
+    masktrack = store.latest("vis", "masktrack")
+    model = build_maskformer(PanopticConfig.small())
+    assert start_trunk(model, masktrack) == {"trunk_init": f"vis/masktrack/{masktrack.name}"}
+    weights = load_file(next(masktrack.glob("*.safetensors")))
+    trunk = model.backbone.state_dict()
+    assert len(trunk) == sum(name.startswith("backbone.body.") for name in weights)
+    assert all(
+        torch.equal(value, weights["backbone.body." + name]) for name, value in trunk.items()
+    )
+    assert start_trunk(model, None) == {}
+
+    # Swin's backbone is no ResNet trunk: refused with what does not fit, nothing half-loaded.
+    swin = store.latest("instance", "cascade-swin")
+    with pytest.raises(CheckpointError, match="backbone.body"):
+        start_trunk(model, swin)
+    assert all(
+        torch.equal(value, trunk[name]) for name, value in model.backbone.state_dict().items()
+    )
