@@ -53,6 +53,26 @@ def synth(
     ] = 0.5,
     shake: Annotated[bool, typer.Option(help="Camera shake.")] = False,
     noise: Annotated[bool, typer.Option(help="Sensor noise.")] = False,
+    world: Annotated[
+        str,
+        typer.Option(
+            help="classic: the procedural world; wide: photographic backgrounds (panned) and "
+            "textures, negatives, lighting changes, motion blur, JPEG artefacts.",
+        ),
+    ] = "classic",
+    negatives: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Fraction of videos with no object of the categories.",
+            show_default="0 in the classic world, 0.15 in the wide one",
+        ),
+    ] = None,
+    photo_pool: Annotated[
+        str,
+        typer.Option(help="Photos of the wide world: train, or held_out (never in training)."),
+    ] = "train",
     split: Annotated[
         str, typer.Option(help="Split name used in the annotation file names.")
     ] = "train",
@@ -70,9 +90,14 @@ def synth(
 
     from models.data.synthetic.export import generate_dataset
     from models.data.synthetic.preview import write_contact_sheet
-    from models.data.synthetic.world import WorldConfig
+    from models.data.synthetic.world import WIDE_WORLD, WorldConfig
 
     width, height = _parse_size(size)
+    if world not in ("classic", "wide"):
+        raise typer.BadParameter(f"{world!r} is not classic or wide", param_hint="--world")
+    wide = dict(WIDE_WORLD) if world == "wide" else {}
+    if negatives is not None:
+        wide["negatives"] = negatives
     try:
         config = WorldConfig(
             width=width,
@@ -83,6 +108,8 @@ def synth(
             difficulty=difficulty,
             camera_shake=shake,
             noise=noise,
+            photo_pool=photo_pool,
+            **wide,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

@@ -39,11 +39,13 @@ from models.data.coco_panoptic import (
 )
 from models.data.davis import write_davis_split, write_palette_png
 from models.data.rle import encode_mask, mask_box_xyxy
+from models.data.synthetic.photos import PHOTOS
 from models.data.synthetic.render import RenderedVideo, render_scene
 from models.data.synthetic.world import (
     ACTIONS,
     STUFF_CATEGORIES,
     THING_CATEGORIES,
+    WIDE_FIELDS,
     WorldConfig,
     simulate_scene,
 )
@@ -81,10 +83,15 @@ class DatasetWriter:
         self.pan_extra: dict[int, dict] = {}
         self.ava_rows: list[AvaBox] = []
         self.names: list[str] = []
+        self.negatives: list[str] = []
+        self.photos: set[str] = set()
 
     def add(self, video: RenderedVideo) -> None:
         name = video.name
         self.names.append(name)
+        if video.scene.negative:
+            self.negatives.append(name)
+        self.photos |= photos_of(video)
         self._write_frames(video)
         write_mp4(self.out / "videos" / f"{name}.mp4", video.frames, self.config.fps)
         self._add_ytvis(video)
@@ -221,7 +228,7 @@ class DatasetWriter:
             "generator": "vidserve synthetic world",
             "seed": self.seed,
             "split": split,
-            "config": asdict(self.config),
+            **self._world_meta(),
             "videos": self.names,
             "thing_categories": THING_CATEGORIES,
             "stuff_categories": STUFF_CATEGORIES,
@@ -230,6 +237,29 @@ class DatasetWriter:
         }
         (self.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         return meta
+
+    def _world_meta(self) -> dict:
+        """The config; for the wide world also its name, the negative videos and the photos
+        shown with their licences. A classic dataset's meta.json stays as it was before the wide
+        world existed (no key of it), byte for byte."""
+        config = asdict(self.config)
+        if self.config.world == "classic":
+            return {"config": {k: v for k, v in config.items() if k not in WIDE_FIELDS}}
+        return {
+            "world": "wide",
+            "config": config,
+            "negative_videos": self.negatives,
+            "photos": {name: PHOTOS[name][0] for name in sorted(self.photos)},
+        }
+
+
+def photos_of(video: RenderedVideo) -> set[str]:
+    """The photos a video shows: its background's and its objects' textures'."""
+    scene = video.scene
+    names = {o.appearance.photo for o in scene.objects if o.appearance.photo is not None}
+    if scene.background is not None:
+        names.add(scene.background.photo)
+    return names
 
 
 def annotation_files(out: Path, split: str) -> list[Path]:

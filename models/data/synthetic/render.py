@@ -5,9 +5,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from models.data.synthetic.camera import apply_light_and_blur, jpeg_roundtrip
+from models.data.synthetic.photos import load_photo
 from models.data.synthetic.world import (
     THING_CATEGORIES,
     Appearance,
+    PhotoBackground,
     Scene,
     SceneObject,
     StuffLayout,
@@ -74,36 +77,75 @@ class RenderedVideo:
         return self.object_map[t] == object_id
 
     def stuff_category_map(self, t: int) -> np.ndarray:
-        """(H, W) stuff category id per pixel of frame t (what lies behind any object)."""
+        """(H, W) stuff category id per pixel of frame t (what lies behind any object); 0 (void)
+        under a photo background, which is none of the stuff categories."""
+        if self.scene.stuff is None:
+            return np.zeros(self.stuff_map[t].shape, dtype=np.int32)
         return np.asarray(self.scene.stuff.categories, dtype=np.int32)[self.stuff_map[t]]
 
 
 def render_scene(scene: Scene) -> RenderedVideo:
     cfg = scene.config
-    margin = cfg.shake_amplitude
     # Streams of their own (not the scene's), so texture and noise never shift the geometry.
     texture_rng = np.random.default_rng([scene.seed, scene.index, 1])
     noise_rng = np.random.default_rng([scene.seed, scene.index, 2])
-    background, band_index = _draw_stuff(
-        scene.stuff, cfg.width + 2 * margin, cfg.height + 2 * margin, texture_rng
-    )
+    backdrop = _backdrop(scene, texture_rng)
     n, h, w = cfg.frames, cfg.height, cfg.width
     frames = np.empty((n, h, w, 3), dtype=np.uint8)
     object_map = np.zeros((n, h, w), dtype=np.uint8)
     stuff_map = np.empty((n, h, w), dtype=np.uint8)
     by_depth = sorted(scene.objects, key=lambda o: o.depth)
+    look = scene.look
     for t in range(n):
-        dx, dy = (int(v) for v in scene.shake[t])
-        view = np.s_[margin + dy : margin + dy + h, margin + dx : margin + dx + w]
-        frame = background[view].copy()
-        stuff_map[t] = band_index[view]
+        frame, stuff_map[t], offset = backdrop(t)
         for obj in by_depth:  # far to near: nearer objects paint over farther ones
-            _draw_object(frame, object_map[t], obj, t, offset=(dx, dy))
+            _draw_object(frame, object_map[t], obj, t, offset=offset)
+        if look is not None:
+            frame = apply_light_and_blur(frame, look, t)
         if cfg.noise_sigma > 0:
             noisy = frame.astype(np.float32) + noise_rng.normal(0, cfg.noise_sigma, frame.shape)
             frame = np.clip(noisy, 0, 255).astype(np.uint8)
+        if look is not None and look.jpeg_quality is not None:
+            frame = jpeg_roundtrip(frame, look.jpeg_quality)
         frames[t] = frame
     return RenderedVideo(scene, frames, object_map, stuff_map)
+
+
+def _backdrop(scene: Scene, rng: np.random.Generator):
+    """A function of the frame index t -> (the background pixels, their stuff band, the camera
+    offset (dx, dy) by which objects are drawn shifted): the stuff bands under shake, or the
+    photo under shake and pan."""
+    cfg = scene.config
+    h, w = cfg.height, cfg.width
+    if scene.background is not None:
+        photo = _scaled_photo(scene.background)
+        ox, oy = scene.background.origin
+
+        def photo_view(t: int):
+            dx = float(scene.shake[t][0] + scene.background.pan[t][0])
+            dy = float(scene.shake[t][1] + scene.background.pan[t][1])
+            # Sub-pixel pan: the photo moves smoothly, as the objects (drawn at a float offset).
+            move = np.float32([[1, 0, -(ox + dx)], [0, 1, -(oy + dy)]])
+            frame = cv2.warpAffine(photo, move, (w, h), flags=cv2.INTER_LINEAR)
+            return frame, 0, (dx, dy)
+
+        return photo_view
+    margin = cfg.shake_amplitude
+    background, band_index = _draw_stuff(scene.stuff, w + 2 * margin, h + 2 * margin, rng)
+
+    def stuff_view(t: int):
+        dx, dy = (int(v) for v in scene.shake[t])
+        view = np.s_[margin + dy : margin + dy + h, margin + dx : margin + dx + w]
+        return background[view].copy(), band_index[view], (dx, dy)
+
+    return stuff_view
+
+
+def _scaled_photo(background: PhotoBackground) -> np.ndarray:
+    photo = load_photo(background.photo)
+    size = (round(photo.shape[1] * background.scale), round(photo.shape[0] * background.scale))
+    # INTER_AREA averages when shrinking: no aliasing of the photo's fine detail.
+    return cv2.resize(photo, size, interpolation=cv2.INTER_AREA)
 
 
 def object_polygons(obj: SceneObject, t: int, offset: tuple[int, int] = (0, 0)) -> list[np.ndarray]:
@@ -154,6 +196,8 @@ def _texture(
     cos, sin = np.cos(obj.angle[t]), np.sin(obj.angle[t])
     u = (cos * dx + sin * dy) / obj.radius[t]
     v = (-sin * dx + cos * dy) / obj.radius[t]
+    if app.texture == "photo":
+        return _photo_texture(app, u, v)
     f = app.frequency
     if app.texture == "stripes":
         mix = (np.sin(np.pi * f * u) > 0).astype(np.float32)
@@ -168,6 +212,14 @@ def _texture(
         mix = (u > 0).astype(np.float32)
     a, b = np.array(app.color_a, np.float32), np.array(app.color_b, np.float32)
     return (a * (1 - mix[..., None]) + b * mix[..., None]).astype(np.uint8)
+
+
+def _photo_texture(app: Appearance, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The photo crop at the object's coordinates (u, v): it turns and scales with the object."""
+    map_x = (app.photo_centre[0] + u * app.photo_scale).astype(np.float32)
+    map_y = (app.photo_centre[1] + v * app.photo_scale).astype(np.float32)
+    photo = load_photo(app.photo)
+    return cv2.remap(photo, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 def _band_of_pixels(stuff: StuffLayout, width: int, height: int) -> np.ndarray:

@@ -7,12 +7,19 @@ sequence of actions (still, walk, jump, spin), and its motion follows from the a
 label can be read off the motion. Objects occlude each other by a fixed depth order, enter and leave
 the frame, turn and slowly change size.
 
+The wide world (issue 20) adds what a real camera sees: photographs as backgrounds (panned slowly)
+and as textures, videos with no object of the categories (negatives), lighting that changes, motion
+blur and JPEG artefacts. Its options are all off by default, and all its random draws come from a
+stream of their own, so the classic world gives the same datasets as before the options existed.
+
 This module only simulates poses; `render.py` draws them.
 """
 
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from models.data.synthetic.photos import POOLS, load_photo, pool
 
 # Category ids follow the datasets' conventions: things from 1, stuff in its own range (COCO
 # panoptic puts stuff after things), actions from 1 (AVA's index 0 is unused).
@@ -47,6 +54,14 @@ class WorldConfig:
     difficulty: float = 0.5  # 0..1: speed, size, distractors, shake and noise strength
     camera_shake: bool = False
     noise: bool = False
+    # The wide world; all off: the classic world.
+    photo_backgrounds: bool = False  # a photo crop, panned slowly, instead of the stuff bands
+    photo_textures: bool = False  # about half the objects and distractors wear a photo crop
+    photo_pool: str = "train"  # "train" or "held_out": the two pools share no photo
+    negatives: float = 0.0  # the fraction of videos with no object of the categories
+    lighting: bool = False  # brightness and colour drift, gently or at once, over a video
+    motion_blur: bool = False  # a directional blur of the whole frame (a swung camera)
+    compression: bool = False  # every frame re-encoded as a low-quality JPEG
 
     def __post_init__(self):
         if self.width < 32 or self.height < 32:
@@ -61,6 +76,17 @@ class WorldConfig:
             raise ValueError(f"max_objects must be in 1..40, got {self.max_objects}")
         if not 0.0 <= self.difficulty <= 1.0:
             raise ValueError(f"difficulty must be in [0, 1], got {self.difficulty}")
+        if self.photo_pool not in POOLS:
+            raise ValueError(f"photo_pool must be one of {POOLS}, got {self.photo_pool!r}")
+        if not 0.0 <= self.negatives <= 1.0:
+            raise ValueError(f"negatives must be in [0, 1], got {self.negatives}")
+
+    @property
+    def world(self) -> str:
+        """The world's name: wide when any option of the wide world is on, else classic (the
+        photo pool alone changes nothing: no photo is shown)."""
+        options = (getattr(self, f) for f in WIDE_FIELDS if f != "photo_pool")
+        return "wide" if any(options) else "classic"
 
     @property
     def shake_amplitude(self) -> int:
@@ -71,6 +97,31 @@ class WorldConfig:
         return 3.0 + 7.0 * self.difficulty if self.noise else 0.0
 
 
+WIDE_FIELDS = (
+    "photo_backgrounds",
+    "photo_textures",
+    "photo_pool",
+    "negatives",
+    "lighting",
+    "motion_blur",
+    "compression",
+)
+# `vidserve synth --world wide`: every option of the wide world on, a few negatives.
+WIDE_WORLD = {
+    "photo_backgrounds": True,
+    "photo_textures": True,
+    "negatives": 0.15,
+    "lighting": True,
+    "motion_blur": True,
+    "compression": True,
+}
+
+
+def wide_world(**settings) -> WorldConfig:
+    """A config of the wide world; `settings` override its options and the classic ones."""
+    return WorldConfig(**{**WIDE_WORLD, **settings})
+
+
 @dataclass
 class Appearance:
     """How an object looks; drawn independently of its category."""
@@ -79,6 +130,11 @@ class Appearance:
     color_a: tuple[int, int, int]
     color_b: tuple[int, int, int]
     frequency: float  # pattern repeats across the object's radius
+    # texture "photo": the crop of `photo` centred at `photo_centre` (photo pixels), `photo_scale`
+    # photo pixels to the object's radius
+    photo: str | None = None
+    photo_centre: tuple[float, float] = (0.0, 0.0)
+    photo_scale: float = 1.0
 
 
 TEXTURES = ("stripes", "checker", "dots", "gradient", "two_tone")
@@ -114,21 +170,52 @@ class StuffLayout:
 
 
 @dataclass
+class PhotoBackground:
+    """A photo, scaled, seen through the frame; the camera pans across it. Objects move with the
+    photo (they are drawn at their world position less the pan), so the world is one scene."""
+
+    photo: str
+    scale: float  # frame pixels per photo pixel
+    origin: tuple[float, float]  # where frame 0's top-left corner lies on the scaled photo
+    pan: np.ndarray = field(repr=False)  # (T, 2) camera offset from frame 0, in frame pixels
+
+
+@dataclass
+class Look:
+    """What the camera does to the pixels; the ground truth is the drawing, before all of it."""
+
+    gain: np.ndarray = field(repr=False)  # (T,) brightness factor per frame
+    cast: np.ndarray = field(repr=False)  # (T, 3) colour factor per frame and channel
+    blur_length: float  # pixels; under 1.5: no blur
+    blur_angle: float  # radians
+    jpeg_quality: int | None  # None: frames are not re-encoded
+
+
+@dataclass
 class Scene:
     config: WorldConfig
     name: str
     seed: int
     index: int
-    stuff: StuffLayout
+    stuff: StuffLayout | None  # None under a photo background (no stuff category: void)
     objects: list[SceneObject]
     shake: np.ndarray  # (T, 2) camera offset (dx, dy) in pixels
+    background: PhotoBackground | None = None
+    look: Look | None = None
+    negative: bool = False  # drawn with no object of the categories
 
 
 def simulate_scene(config: WorldConfig, seed: int, index: int, name: str) -> Scene:
     """Simulate video `index` of the dataset with `seed`; each video has its own random stream."""
     rng = np.random.default_rng([seed, index])
+    # The wide world's own stream: the classic world's draws stay where they were.
+    wide_rng = np.random.default_rng([seed, index, 3])
+    negative = bool(wide_rng.uniform() < config.negatives)
+    # Drawn even under a photo, so that the objects are the classic world's.
     stuff = _make_stuff_layout(config, rng)
     n_things = int(rng.integers((config.max_objects + 1) // 2, config.max_objects + 1))
+    if negative:
+        n_things = 0
     n_distractors = int(rng.integers(0, 2 + round(2 * config.difficulty)))
     depths = rng.permutation(n_things + n_distractors)
     objects = []
@@ -139,7 +226,10 @@ def simulate_scene(config: WorldConfig, seed: int, index: int, name: str) -> Sce
             _simulate_object(config, rng, category, int(depths[k]), must_start_in=k == 0)
         )
     _number_objects(objects, config)
-    return Scene(config, name, seed, index, stuff, objects, _simulate_shake(config, rng))
+    scene = Scene(config, name, seed, index, stuff, objects, _simulate_shake(config, rng))
+    if config.world == "wide":
+        _widen(scene, wide_rng, negative)
+    return scene
 
 
 def _make_stuff_layout(config: WorldConfig, rng: np.random.Generator) -> StuffLayout:
@@ -286,3 +376,82 @@ def _simulate_shake(config: WorldConfig, rng: np.random.Generator) -> np.ndarray
         return np.zeros((config.frames, 2), dtype=np.int64)
     steps = rng.integers(-1, 2, size=(config.frames, 2))
     return np.clip(np.cumsum(steps, axis=0), -amp, amp).astype(np.int64)
+
+
+def _widen(scene: Scene, rng: np.random.Generator, negative: bool) -> None:
+    """Give a scene the wide world's photos and camera. Every draw is made whether its option is
+    on or not, so turning one option off leaves the others' draws as they were."""
+    cfg = scene.config
+    background = _photo_background(cfg, rng)
+    look = _random_look(cfg, rng)
+    for obj in scene.objects:
+        textured = _photo_appearance(cfg, rng, obj, avoid=background.photo)
+        wears_it = rng.uniform() < 0.5
+        if cfg.photo_textures and wears_it:
+            obj.appearance = textured
+    if cfg.photo_backgrounds:
+        scene.background, scene.stuff = background, None
+    scene.look = look
+    scene.negative = negative
+
+
+def _photo_background(config: WorldConfig, rng: np.random.Generator) -> PhotoBackground:
+    """A photo scaled to hold the frame wherever a slow straight pan (and any shake) takes it."""
+    photos = pool(config.photo_pool)
+    photo = photos[int(rng.integers(len(photos)))]
+    n, w, h = config.frames, config.width, config.height
+    # A slow pan: 0.1-0.6% of the frame's short side a frame (0.2-1.4 px at 240 px).
+    speed = rng.uniform(0.1, 0.6) * min(w, h) / 100
+    heading = rng.uniform(0, 2 * np.pi)
+    pan = np.arange(n)[:, None] * speed * np.array([np.cos(heading), np.sin(heading)])
+    low = pan.min(axis=0) - config.shake_amplitude - 1  # the view's extent around frame 0's
+    high = pan.max(axis=0) + config.shake_amplitude + 1 + np.array([w, h])
+    photo_h, photo_w = load_photo(photo).shape[:2]
+    scale = max((high - low)[0] / photo_w, (high - low)[1] / photo_h) * rng.uniform(1.0, 1.5)
+    room = np.array([photo_w, photo_h]) * scale - (high - low)  # >= 0 on both axes
+    origin = -low + rng.uniform(0, 1, size=2) * np.floor(room)
+    return PhotoBackground(photo, float(scale), (float(origin[0]), float(origin[1])), pan)
+
+
+def _random_look(config: WorldConfig, rng: np.random.Generator) -> Look:
+    n = config.frames
+    # Lighting: from one level to another around a random frame, over a random time: from a
+    # slow drift (clouds, auto exposure) to a sudden change (a light switched on).
+    start, end = rng.uniform(0.6, 1.3, size=2)
+    cast_start, cast_end = rng.uniform(0.85, 1.15, size=(2, 3))
+    middle, width = rng.uniform(0, n), rng.uniform(0.3, max(n / 2, 0.5))
+    ramp = 1 / (1 + np.exp(-(np.arange(n) - middle) / width))
+    gain = start + (end - start) * ramp
+    cast = cast_start + (cast_end - cast_start) * ramp[:, None]
+    blur_length = rng.uniform(0, 2 + 6 * config.difficulty)
+    blur_angle = rng.uniform(0, np.pi)
+    quality = int(rng.integers(15, 61))
+    if not config.lighting:
+        gain, cast = np.ones(n), np.ones((n, 3))
+    return Look(
+        gain=gain,
+        cast=cast,
+        blur_length=float(blur_length) if config.motion_blur else 0.0,
+        blur_angle=float(blur_angle),
+        jpeg_quality=quality if config.compression else None,
+    )
+
+
+def _photo_appearance(
+    config: WorldConfig, rng: np.random.Generator, obj: SceneObject, avoid: str
+) -> Appearance:
+    """The object's appearance with a photo crop as its texture: a photo other than the
+    background's (else an object could vanish into its own backdrop), 1-3 times the object's
+    size, so the photo is shrunk little and keeps its detail."""
+    photos = pool(config.photo_pool)
+    k = int(rng.integers(len(photos)))
+    photo = photos[(k + 1) % len(photos)] if photos[k] == avoid else photos[k]
+    photo_h, photo_w = load_photo(photo).shape[:2]
+    scale = float(np.mean(obj.radius) * rng.uniform(1.0, 3.0))
+    scale = min(scale, min(photo_w, photo_h) / 2)
+    centre = (
+        float(rng.uniform(scale, photo_w - scale)),
+        float(rng.uniform(scale, photo_h - scale)),
+    )
+    app = obj.appearance
+    return Appearance("photo", app.color_a, app.color_b, app.frequency, photo, centre, scale)
