@@ -16,38 +16,33 @@ Prints the ratios and writes a JSON report.
 import argparse
 import asyncio
 import json
-import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import httpx
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models.data.synthetic.export import generate_video  # noqa: E402
-from models.data.synthetic.world import WorldConfig  # noqa: E402
+from bench_common import (  # noqa: E402
+    bench_frames,
+    bench_world,
+    percentile,
+    start_server,
+    stop_server,
+)
+
 from models.data.video import write_mp4  # noqa: E402
 from service.gateway.grpc_gen import vidserve_pb2 as pb  # noqa: E402
 from service.gateway.grpc_gen import vidserve_pb2_grpc as pb_grpc  # noqa: E402
 from service.settings import SHIPPED_CHECKPOINTS  # noqa: E402
 from service.worker.runner import WorkItem, run_frames  # noqa: E402
 from service.worker.runners import load_runner_from_store  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def direct_fps(runner, frames: np.ndarray, streams: int, batch: int) -> float:
@@ -121,46 +116,6 @@ def rest_fps(url: str, video: bytes, frames: int, streams: int) -> float:
     return streams * frames / (time.perf_counter() - started)
 
 
-def start_server(batch: int, streams: int) -> tuple[subprocess.Popen, str, str]:
-    port, grpc_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "VIDSERVE_HOST": "127.0.0.1",
-        "VIDSERVE_MAX_BATCH_SIZE": str(batch),
-        "VIDSERVE_MAX_FRAMES_IN_FLIGHT": str(8 * streams + 8),
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--grpc-port",
-            str(grpc_port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url, f"127.0.0.1:{grpc_port}"
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit("the server did not become ready")
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values) * 1000, q))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, default=8)
@@ -169,16 +124,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("loadtests/serving_bench.json"))
     args = parser.parse_args()
 
-    world = WorldConfig(width=320, height=240, frames=args.frames, fps=8)
-    frames = generate_video(world, 2024, 0).frames
-    encoded = [
-        cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
-        for f in frames
-    ]
-    # The server decodes the JPEGs: give the direct loop the same decoded pixels.
-    decoded = np.stack(
-        [cv2.imdecode(np.frombuffer(e, np.uint8), cv2.IMREAD_COLOR)[..., ::-1] for e in encoded]
-    )
+    world = bench_world(args.frames)
+    # The server decodes the JPEGs: the direct loop gets the same decoded pixels.
+    frames, encoded, decoded = bench_frames(args.frames)
     with tempfile.TemporaryDirectory() as tmp:
         video_path = Path(tmp) / "bench.mp4"
         write_mp4(video_path, frames, world.fps)
@@ -196,8 +144,7 @@ def main() -> None:
         direct_lat = direct_latencies(runner, decoded)
         grpc_lat = asyncio.run(grpc_stream(target, encoded, True))
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_server(process)
 
     direct_mean = (direct + direct_again) / 2  # before and after, against drift on a noisy box
     report = {
