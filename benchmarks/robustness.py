@@ -16,7 +16,7 @@ to 4 objects, difficulty 0.5), from seeds no training used and from the held-out
 Starts `vidserve serve` on the store, posts every video, scores the answers with the evaluators
 and writes a JSON report beside the issue's targets.
 
-    uv run python benchmarks/robustness.py [--videos 12] [--store checkpoints]
+    uv run python benchmarks/robustness.py [--videos 24] [--store checkpoints]
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ TARGETS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", type=int, default=12, help="videos in each of the three sets")
+    parser.add_argument("--videos", type=int, default=24, help="videos in each of the three sets")
     parser.add_argument("--frames", type=int, default=FRAMES, help="frames a video")
     parser.add_argument("--store", type=Path, default=SHIPPED_CHECKPOINTS)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "robustness.json")
