@@ -89,6 +89,50 @@ def load_ytvis(
     return YtvisDataset(videos, categories, tracks, root)
 
 
+def merge_ytvis(parts: list[YtvisDataset]) -> YtvisDataset:
+    """Several datasets of the same categories as one (training on a mix, e.g. the classic and
+    the wide synthetic worlds): video and track ids renumbered after the previous part's, frame
+    paths made absolute so that each keeps its own image root."""
+    if not parts:
+        raise ValueError("no dataset to merge")
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0].categories
+    videos: dict[int, YtvisVideo] = {}
+    tracks: list[YtvisTrack] = []
+    for part in parts:
+        if part.categories != first:
+            raise ValueError(f"categories differ: {part.categories} against {first}")
+        if part.image_root is None:
+            raise ValueError("a dataset to merge was loaded without an image root")
+        video_base = _after(videos, part.videos)
+        track_base = _after([t.id for t in tracks], [t.id for t in part.tracks])
+        root = part.image_root.resolve()
+        for video in part.videos.values():
+            new_id = video_base + video.id
+            names = [str(root / name) for name in video.file_names]
+            videos[new_id] = YtvisVideo(new_id, video.name, video.width, video.height, names)
+        for track in part.tracks:
+            tracks.append(
+                YtvisTrack(
+                    track_base + track.id,
+                    video_base + track.video_id,
+                    track.category_id,
+                    track.iscrowd,
+                    track.segmentations,
+                )
+            )
+    # Absolute frame names: the root joins them unchanged.
+    return YtvisDataset(videos, dict(first), tracks, Path("/"))
+
+
+def _after(taken, incoming) -> int:
+    """The offset that puts the incoming ids after the taken ones (0 for the first part)."""
+    if not taken or not incoming:
+        return 0
+    return max(taken) - min(incoming) + 1
+
+
 def _read_json(path: Path) -> dict:
     try:
         with open(path) as f:

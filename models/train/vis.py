@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
+from models.checkpoints.checkpoint import load_weights_into, read_manifest
 from models.data.synthetic.export import stored_fingerprint
-from models.data.ytvis import YtvisDataset, load_ytvis
+from models.data.ytvis import YtvisDataset, load_ytvis, merge_ytvis
 from models.train.distributed import Drawn, on_main_rank, prepare_model, process_group, sample_seed
 from models.train.loop import (
     LoopResult,
@@ -46,6 +47,8 @@ class VisTrainConfig(TrainRun):
     work_dir: Path = Path("runs/vis")
     val_split: str = "train"
     loader_workers: int = 1  # processes decoding JPEGs beside the training step
+    also_data: tuple[Path, ...] = ()  # more datasets of the same categories, trained on too
+    empty_frames: bool = False  # frames with no instance are key frames too (negatives)
 
 
 def locate_ytvis(root: Path, split: str) -> tuple[Path, Path]:
@@ -68,6 +71,21 @@ def dataset_fingerprint(root: Path, ann_file: Path) -> str:
     return stored_fingerprint(root) or hashlib.sha256(ann_file.read_bytes()).hexdigest()
 
 
+def load_training_data(cfg: VisTrainConfig) -> tuple[YtvisDataset, Path, str]:
+    """--data and every --data after it as one dataset; (dataset, first annotation file,
+    fingerprint: the dataset's own, or with several the sha256 of theirs in order)."""
+    parts, fingerprints, first_ann = [], [], None
+    for root in (cfg.data, *cfg.also_data):
+        ann, images = locate_ytvis(root, cfg.split)
+        parts.append(load_ytvis(ann, images, check_files=True))
+        fingerprints.append(dataset_fingerprint(root, ann))
+        first_ann = first_ann or ann
+    if len(parts) == 1:
+        return parts[0], first_ann, fingerprints[0]
+    joined = hashlib.sha256(" ".join(fingerprints).encode()).hexdigest()
+    return merge_ytvis(parts), first_ann, joined
+
+
 def train_vis(cfg: VisTrainConfig) -> Path | None:
     """Train, evaluate and publish; returns the published checkpoint folder (None on the ranks
     other than 0 under torchrun: rank 0 validates and publishes)."""
@@ -77,16 +95,23 @@ def train_vis(cfg: VisTrainConfig) -> Path | None:
 
 def _train_vis(cfg: VisTrainConfig) -> Path | None:
     seed_everything(cfg.seed)
-    ann, images = locate_ytvis(cfg.data, cfg.split)
-    data = load_ytvis(ann, images, check_files=True)
+    data, ann, fingerprint = load_training_data(cfg)
     category_ids = sorted(data.categories)
     class_names = [data.categories[c] for c in category_ids]
     train_ids, val_set = split_videos(cfg, data)
-    model_config = VisConfig.small(num_classes=len(class_names), **cfg.model_overrides)
+    network = build_masktrack_rcnn(initial_vis_config(cfg, len(class_names)))
+    if cfg.init is not None:
+        manifest = load_weights_into(network, cfg.init, "vis")
+        if manifest.class_names != class_names:
+            raise ValueError(
+                f"{cfg.init}: categories {manifest.class_names} differ from the data's "
+                f"{class_names}"
+            )
+        log.info("starting from the weights of %s", cfg.init)
     # The trunk's batch norms train: under DDP their statistics are the global batch's.
-    model = prepare_model(build_masktrack_rcnn(model_config), synced_batchnorm=True)
+    model = prepare_model(network, synced_batchnorm=True)
     label_of = {c: k + 1 for k, c in enumerate(category_ids)}
-    pairs = VisPairDataset(data, label_of=label_of, seed=cfg.seed)
+    pairs = VisPairDataset(data, label_of=label_of, seed=cfg.seed, empty_frames=cfg.empty_frames)
     keys = [k for k, (video_id, _) in enumerate(pairs.keys) if video_id in train_ids]
     loop_cfg, optimizer, start = prepare_run(model, cfg)
     # loader_workers processes decode JPEGs while the model trains.
@@ -113,9 +138,40 @@ def _train_vis(cfg: VisTrainConfig) -> Path | None:
 
     return on_main_rank(
         lambda: validate_and_publish(
-            cfg, model, "vis", evaluate, ann, class_names, val_set, result, start, len(train_ids)
+            cfg,
+            model,
+            "vis",
+            evaluate,
+            ann,
+            class_names,
+            val_set,
+            result,
+            start,
+            len(train_ids),
+            fingerprint=fingerprint,
+            **run_settings(cfg),
         )
     )
+
+
+def initial_vis_config(cfg: VisTrainConfig, num_classes: int) -> VisConfig:
+    """The small configuration, or with --init the starting checkpoint's architecture."""
+    if cfg.init is None:
+        return VisConfig.small(num_classes=num_classes, **cfg.model_overrides)
+    return VisConfig.from_dict({**read_manifest(cfg.init).architecture, **cfg.model_overrides})
+
+
+def run_settings(cfg: VisTrainConfig) -> dict:
+    """What the manifest's training record adds for a run that mixes datasets, keeps empty
+    frames or fine-tunes (nothing for a plain run, whose record stays as it was)."""
+    settings: dict = {}
+    if cfg.also_data:
+        settings["data"] = [str(p) for p in (cfg.data, *cfg.also_data)]
+    if cfg.empty_frames:
+        settings["empty_frames"] = True
+    if cfg.init is not None:
+        settings["init"] = str(cfg.init)
+    return settings
 
 
 def validate_and_publish(
@@ -129,12 +185,13 @@ def validate_and_publish(
     result: LoopResult,
     start: int,
     train_videos: int,
+    fingerprint: str | None = None,
     **settings,
 ) -> Path:
     """What the video-trained families do after the loop (rank 0): `evaluate(model, dataset,
     videos)` on the held-out videos (val_set: the dataset and those videos), then publish with
     the run's record (and a family's own `settings` in it). `ann`: the annotation file whose
-    hash is the fingerprint of a dataset that is not ours."""
+    hash is the fingerprint of a dataset that is not ours, unless `fingerprint` is given."""
     model.eval()
     eval_started = time.monotonic()
     metrics = evaluate(model, *val_set) if val_set[1] else {}
@@ -149,7 +206,7 @@ def validate_and_publish(
         architecture=model.architecture(),
         class_names=class_names,
         metrics=metrics,
-        dataset_fingerprint=dataset_fingerprint(cfg.data, ann),
+        dataset_fingerprint=fingerprint or dataset_fingerprint(cfg.data, ann),
         training=training_record(
             result,
             start,

@@ -32,7 +32,10 @@ def read_rgb(path) -> np.ndarray:
 
 
 class VisPairDataset(Dataset):
-    """Every annotated frame of every video is a key frame once per epoch."""
+    """Every annotated frame of every video is a key frame once per epoch; with `empty_frames`
+    every frame is, those with no instance too (a video of none of the categories teaches the
+    detector what is not an object; the reference drops them, as it trains on YouTube-VIS,
+    whose annotated frames all hold one)."""
 
     def __init__(
         self,
@@ -41,6 +44,7 @@ class VisPairDataset(Dataset):
         max_gap: int = 100,
         flip: bool = True,
         seed: int = 0,
+        empty_frames: bool = False,
     ):
         """label_of: dataset category id -> model label 1..C (default: the ids themselves)."""
         self.data = data
@@ -48,12 +52,13 @@ class VisPairDataset(Dataset):
         self.max_gap = max_gap
         self.flip = flip
         self.rng = np.random.default_rng(seed)
-        self.annotated: dict[int, list[int]] = {}  # video id -> frames with an instance
+        self.annotated: dict[int, list[int]] = {}  # video id -> its key frames
         for video_id, video in data.videos.items():
             frames = [
                 t
                 for t in range(video.length)
-                if any(tr.segmentations[t] is not None for tr in data.tracks_of(video_id))
+                if empty_frames
+                or any(tr.segmentations[t] is not None for tr in data.tracks_of(video_id))
             ]
             if frames:
                 self.annotated[video_id] = frames
