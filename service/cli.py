@@ -556,12 +556,14 @@ def _run_config(config_type, options: dict):
 @train_app.command("vis")
 def train_vis_command(
     data: Annotated[
-        Path,
+        list[Path],
         typer.Option(
             exists=True,
             help=(
                 "YouTube-VIS dataset: a `vidserve synth` folder, the official layout "
-                "(<split>.json + <split>/JPEGImages) or an annotation JSON."
+                "(<split>.json + <split>/JPEGImages) or an annotation JSON. Given again, "
+                "datasets of the same categories trained on together (e.g. the classic and "
+                "the wide synthetic worlds)."
             ),
         ),
     ],
@@ -580,12 +582,21 @@ def train_vis_command(
     seed: SeedOption = 0,
     work_dir: WorkDirOption = Path("runs/vis"),
     resume: ResumeOption = False,
+    empty_frames: Annotated[
+        bool,
+        typer.Option(
+            help="Frames with no instance are key frames too: negative videos teach the "
+            "detector what is not an object (the reference drops such frames)."
+        ),
+    ] = False,
+    init: InitOption = None,
     redis_url: RedisOption = None,
 ) -> None:
     """Train MaskTrack R-CNN (small CPU configuration), evaluate YouTube-VIS AP on held-out
     videos, publish to the store. Under `torchrun --nproc-per-node N` it trains with DDP (NCCL
     on GPUs, gloo on CPUs), each process on its share of every batch; rank 0 publishes."""
     options = dict(locals())
+    options["data"], options["also_data"] = data[0], tuple(data[1:])
     from models.train.vis import VisTrainConfig, train_vis
 
     _train_and_publish(lambda: train_vis(_run_config(VisTrainConfig, options)))
@@ -871,6 +882,46 @@ def retune_vos_command(
 
     _train_and_publish(
         lambda: retune_vos(store, name, mem_every, val, val_split, version, redis_url)
+    )
+
+
+@train_app.command("vis-calibrate")
+def calibrate_vis_command(
+    store: Annotated[Path, typer.Option(exists=True, help="The checkpoint store.")],
+    negatives: Annotated[
+        Path,
+        typer.Option(
+            exists=True,
+            help="Validation YouTube-VIS dataset whose videos without objects are the "
+            "negatives (e.g. `vidserve synth --world wide --negatives 0.3 --split val`).",
+        ),
+    ],
+    val: Annotated[
+        Path,
+        typer.Option(
+            exists=True, help="Validation YouTube-VIS dataset: the recall of its objects."
+        ),
+    ],
+    max_false_per_frame: Annotated[
+        float, typer.Option(min=0.0, help="False objects a frame allowed on the negatives.")
+    ] = 0.1,
+    name: Annotated[str, typer.Option(help="Model name in the store.")] = "masktrack",
+    version: Annotated[
+        str | None, typer.Option(help="Version to start from.", show_default="the newest")
+    ] = None,
+    val_split: ValSplitOption = "val",
+    redis_url: RedisOption = None,
+) -> None:
+    """Publish a VIS checkpoint's weights again with the served default score threshold chosen
+    on validation negatives: the lowest of 0.5, 0.55, ..., 0.95 with at most
+    --max-false-per-frame false objects a frame; the manifest records each candidate's rate and
+    the recall of --val's objects."""
+    from models.train.calibrate import calibrate_vis
+
+    _train_and_publish(
+        lambda: calibrate_vis(
+            store, name, negatives, val, max_false_per_frame, val_split, version, redis_url
+        )
     )
 
 

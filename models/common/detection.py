@@ -78,6 +78,9 @@ class DetectorConfig(ManifestConfig):
 
     mask_head_channels: int = 256
     mask_threshold: float = 0.5
+    # The score threshold a served session starts with (its score_threshold option overrides
+    # it): 0.5, or what `vidserve train vis-calibrate` chose on validation videos with negatives.
+    served_score_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if self.backbone not in backbone_names():
@@ -91,6 +94,7 @@ class DetectorConfig(ManifestConfig):
         require(len(self.anchor_sizes) == 5, "anchor_sizes needs one size per level (5)")
         require(0.0 <= self.box_score_thresh < 1.0, "box_score_thresh must be in [0, 1)")
         require(0.0 < self.mask_threshold < 1.0, "mask_threshold must be in (0, 1)")
+        require(0.0 <= self.served_score_threshold <= 1.0, "served_score_threshold in [0, 1]")
         require(self.box_head_convs >= 0, "box_head_convs must be >= 0")
         require(self.box_head_norm in ("group", "batch"), "box_head_norm: 'group' or 'batch'")
         require(self.roi_sampling_ratio >= 0, "roi_sampling_ratio must be >= 0 (0: adaptive)")

@@ -11,7 +11,7 @@ from models.checkpoints.checkpoint import load_checkpoint
 from models.data.synthetic.export import generate_dataset
 from models.data.synthetic.world import WorldConfig
 from models.train.vis import VisTrainConfig, train_vis
-from models.train.vis_data import read_rgb
+from models.train.vis_data import collate_pairs, read_rgb
 
 WORLD = WorldConfig(width=128, height=96, frames=6, fps=4, max_objects=2)
 
@@ -90,3 +90,149 @@ def test_cli_reports_a_missing_dataset(tmp_path):
 def test_hold_out_keeps_videos_to_train_on(tmp_path, val_videos, train, held):
     # --val-videos 0 once held out every video (ids[-0:] is the whole list).
     assert config(tmp_path, tmp_path, val_videos=val_videos).hold_out([1, 2, 3]) == (train, held)
+
+
+@pytest.fixture(scope="module")
+def negatives(tmp_path_factory):
+    """Wide-world videos with no object of the categories: every frame is empty."""
+    from models.data.synthetic.world import wide_world
+
+    root = tmp_path_factory.mktemp("vis-negatives") / "data"
+    world = wide_world(width=128, height=96, frames=6, fps=4, max_objects=2, negatives=1.0)
+    generate_dataset(root, world, 2, seed=6, split="train")
+    return root
+
+
+def test_merged_datasets_keep_their_frames_and_tracks(dataset, negatives):
+    from models.data.ytvis import load_ytvis, merge_ytvis
+    from models.train.vis import locate_ytvis
+
+    parts = [load_ytvis(*locate_ytvis(root, "train")) for root in (dataset[0], negatives)]
+    merged = merge_ytvis(parts)
+    assert len(merged.videos) == 6 and len(merged.tracks) == len(parts[0].tracks)
+    assert len(set(merged.videos)) == 6  # the second part's ids follow the first's
+    for old_id, new_id in [(min(parts[1].videos), max(parts[0].videos) + 1)]:
+        np.testing.assert_array_equal(
+            read_rgb(merged.frame_path(new_id, 2)), read_rgb(parts[1].frame_path(old_id, 2))
+        )
+    first = min(parts[0].videos)
+    assert [t.id for t in merged.tracks_of(first)] == [t.id for t in parts[0].tracks_of(first)]
+
+    renamed = load_ytvis(*locate_ytvis(negatives, "train"))
+    renamed.categories = {**renamed.categories, 1: "plate"}
+    with pytest.raises(ValueError, match="categories differ"):
+        merge_ytvis([parts[0], renamed])
+
+
+def test_empty_frames_are_key_frames_only_when_asked(dataset, negatives):
+    from models.data.ytvis import load_ytvis, merge_ytvis
+    from models.train.vis import locate_ytvis
+    from models.train.vis_data import VisPairDataset
+
+    merged = merge_ytvis(
+        [load_ytvis(*locate_ytvis(root, "train")) for root in (dataset[0], negatives)]
+    )
+    plain = VisPairDataset(merged)
+    with_empty = VisPairDataset(merged, empty_frames=True)
+    assert len(with_empty) == 6 * 6 and len(plain) < 4 * 6 + 1
+    empty = [k for k, (video, _) in enumerate(with_empty.keys) if video > 4]
+    key, ref = with_empty[empty[0]]
+    assert len(key.target["labels"]) == 0 and key.target["masks"].shape == (0, 96, 128)
+
+    # A pair with no instance trains: the detector's background losses only, all finite.
+    import torch
+
+    from models.train.distributed import Drawn
+    from models.train.vis import PairLosses
+    from models.vis.config import VisConfig
+    from models.vis.model import build_masktrack_rcnn
+
+    torch.manual_seed(0)
+    model = build_masktrack_rcnn(VisConfig.small(num_classes=6)).train()
+    losses = PairLosses(model, seed=0)(Drawn([0], collate_pairs([(key, ref)])))
+    assert losses and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+def test_fine_tune_on_a_mix_with_negatives(dataset, negatives, tmp_path):
+    import torch
+
+    root, _ = dataset
+    start = train_vis(config(root, tmp_path, iters=2))
+    # lr 0: the published weights are the starting checkpoint's, so --init loaded them.
+    folder = train_vis(
+        config(
+            root,
+            tmp_path,
+            iters=3,
+            lr=0.0,
+            also_data=(negatives,),
+            empty_frames=True,
+            init=start,
+            store=tmp_path / "tuned",
+            work_dir=tmp_path / "work2",
+        )
+    )
+    training = json.loads((folder / "manifest.json").read_text())["training"]
+    assert training["data"] == [str(root), str(negatives)]
+    assert training["empty_frames"] is True and training["init"] == str(start)
+    assert training["train_videos"] == 5  # 4 + 2 videos, the last of them held out
+    before, after = load_checkpoint(start).model, load_checkpoint(folder).model
+    for (name, a), (_, b) in zip(before.named_parameters(), after.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_calibrate_publishes_the_threshold_the_negatives_allow(dataset, negatives, tmp_path):
+    import torch
+
+    from models.train.calibrate import CANDIDATES, calibrate_vis
+    from service.worker.runners.vis import vis_runners
+
+    root, _ = dataset
+    start = train_vis(config(root, tmp_path, iters=2))
+    store = tmp_path / "store"
+    folder = calibrate_vis(store, "masktrack", negatives, root, 0.05, "train", show_progress=False)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    calibrated = manifest["training"]["calibrated"]
+    table = calibrated["thresholds"]
+    assert list(table) == [f"{t:.2f}" for t in CANDIDATES]
+    rates = [table[f"{t:.2f}"]["false_objects_per_frame"] for t in CANDIDATES]
+    assert rates == sorted(rates, reverse=True)  # a higher threshold answers fewer objects
+    within = [t for t in CANDIDATES if table[f"{t:.2f}"]["false_objects_per_frame"] <= 0.05]
+    chosen = manifest["architecture"]["served_score_threshold"]
+    assert chosen == (within[0] if within else CANDIDATES[-1])
+    assert calibrated["from_version"] == start.name and calibrated["negative_videos"] == 2
+    assert calibrated["negative_frames"] == 12 and calibrated["annotated_objects"] > 0
+
+    before, after = load_checkpoint(start), load_checkpoint(folder)
+    for (name, a), (_, b) in zip(
+        before.model.state_dict().items(), after.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    # What the worker serves: the calibrated default, which a session's option still overrides.
+    chosen_too = after.model.config.served_score_threshold
+    for runner in vis_runners(after, "masktrack"):
+        assert runner.open_session({}).score_threshold == chosen_too == chosen
+        assert runner.open_session({"score_threshold": 0.2}).score_threshold == 0.2
+
+
+def test_a_served_default_threshold_comes_from_the_checkpoint(tmp_path):
+    from models.checkpoints.checkpoint import save_checkpoint
+    from models.vis.config import VisConfig
+    from models.vis.model import build_masktrack_rcnn
+    from service.worker.runners.vis import DEFAULT_SCORE_THRESHOLD, vis_runners
+
+    cases = [({}, DEFAULT_SCORE_THRESHOLD), ({"served_score_threshold": 0.8}, 0.8)]
+    for k, (configured, served) in enumerate(cases):
+        config = VisConfig.small(num_classes=2, **configured)
+        folder = tmp_path / str(k)
+        save_checkpoint(
+            build_masktrack_rcnn(config),
+            folder,
+            family="vis",
+            architecture=config.to_dict(),
+            class_names=["a", "b"],
+            version=str(k),
+        )
+        runners = vis_runners(load_checkpoint(folder), "m")
+        assert {r.open_session({}).score_threshold for r in runners} == {served}

@@ -83,6 +83,7 @@ class VisRunner(ModelRunner):
         self.classes = tuple(manifest.class_names)
         # The tracker steps after the forward pass, so several frames of one session may share
         # a batch (the steps then run through them in order).
+        self.default_score_threshold = served_threshold(forward.model)
         self.info = ModelInfo(
             name=name,
             task="vis",
@@ -93,7 +94,7 @@ class VisRunner(ModelRunner):
         )
 
     def open_session(self, options: dict) -> VisSession:
-        return VisSession(_score_threshold(options), Tracker())
+        return VisSession(_score_threshold(options, self.default_score_threshold), Tracker())
 
     def step(self, item: WorkItem, detections) -> list[Output]:
         session: VisSession = item.state
@@ -141,6 +142,10 @@ class FrameRunner(ModelRunner):
 class FrameDetectorRunner(FrameRunner):
     """The detector alone (task "instance")."""
 
+    def __init__(self, forward: FrameForward, manifest: Manifest, name: str):
+        super().__init__(forward, manifest, name)
+        self.default_score_threshold = served_threshold(forward.model)
+
     def step(self, item: WorkItem, detections) -> list[Output]:
         kept = keep_scores_above(detections, item.state.score_threshold)
         return [FrameOutput(item.index, item.time, _typed(detection_objects(kept, self.classes)))]
@@ -153,6 +158,12 @@ def vis_runners(loaded, name: str) -> list[ModelRunner]:
         VisRunner(forward, loaded.manifest, name),
         FrameDetectorRunner(forward, loaded.manifest, f"{name}-instance"),
     ]
+
+
+def served_threshold(model: nn.Module) -> float:
+    """The checkpoint's served default (its calibrated one), else DEFAULT_SCORE_THRESHOLD."""
+    config = getattr(model, "config", None)
+    return getattr(config, "served_score_threshold", DEFAULT_SCORE_THRESHOLD)
 
 
 def _score_threshold(options: dict, default: float = DEFAULT_SCORE_THRESHOLD) -> float:
