@@ -553,6 +553,13 @@ def _run_config(config_type, options: dict):
     return config_type(**{("store" if key == "out" else key): v for key, v in options.items()})
 
 
+def _with_extra_data(options: dict) -> dict:
+    """A command whose --data may be given again: the first is the run's data, the rest its
+    also_data."""
+    data = options["data"]
+    return {**options, "data": data[0], "also_data": tuple(data[1:])}
+
+
 @train_app.command("vis")
 def train_vis_command(
     data: Annotated[
@@ -595,8 +602,7 @@ def train_vis_command(
     """Train MaskTrack R-CNN (small CPU configuration), evaluate YouTube-VIS AP on held-out
     videos, publish to the store. Under `torchrun --nproc-per-node N` it trains with DDP (NCCL
     on GPUs, gloo on CPUs), each process on its share of every batch; rank 0 publishes."""
-    options = dict(locals())
-    options["data"], options["also_data"] = data[0], tuple(data[1:])
+    options = _with_extra_data(dict(locals()))
     from models.train.vis import VisTrainConfig, train_vis
 
     _train_and_publish(lambda: train_vis(_run_config(VisTrainConfig, options)))
@@ -809,11 +815,12 @@ def train_action_lfb_command(
 @train_app.command("vos")
 def train_vos_command(
     data: Annotated[
-        Path,
+        list[Path],
         typer.Option(
             exists=True,
             help="DAVIS-format dataset: a `vidserve synth` folder (its davis/) or a DAVIS root "
-            "(ImageSets/2017/<split>.txt, JPEGImages/480p, Annotations/480p).",
+            "(ImageSets/2017/<split>.txt, JPEGImages/480p, Annotations/480p). Given again, "
+            "datasets trained on together (videos with no object left out).",
         ),
     ],
     out: StoreOption,
@@ -845,13 +852,14 @@ def train_vos_command(
     seed: SeedOption = 0,
     work_dir: WorkDirOption = Path("runs/vos"),
     resume: ResumeOption = False,
+    init: InitOption = None,
     redis_url: RedisOption = None,
 ) -> None:
     """Train STCN (small CPU configuration) on 3-frame clips, evaluate DAVIS J&F on held-out
     videos (first-frame masks given), publish to the store. Under `torchrun --nproc-per-node N`
     it trains with DDP (NCCL on GPUs, gloo on CPUs), each process on its share of every batch;
     rank 0 publishes."""
-    options = dict(locals())
+    options = _with_extra_data(dict(locals()))
     from models.train.vos import VosTrainConfig, train_vos
 
     def publish():

@@ -38,7 +38,14 @@ from models.train.action_data import (
 )
 from models.train.action_features import actor_features, frame_map, key_frame_rows, with_banks
 from models.train.distributed import Drawn, on_main_rank, prepare_model, process_group
-from models.train.loop import TrainRun, batch_stream, prepare_run, run_loop, seed_everything
+from models.train.loop import (
+    TrainRun,
+    batch_stream,
+    prepare_run,
+    run_loop,
+    seed_everything,
+    source_record,
+)
 from models.train.vis import validate_and_publish
 
 log = logging.getLogger(__name__)
@@ -128,6 +135,7 @@ def _train_action(cfg: ActionTrainConfig) -> Path | None:
             len(train_videos),
             grad_clip=cfg.grad_clip,
             fps=data.fps,
+            **source_record(cfg),
         )
     )
 

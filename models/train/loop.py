@@ -79,6 +79,7 @@ class TrainRun:
     seed: int = 0
     resume: bool = False
     init: Path | None = None  # a published checkpoint whose weights the run starts from
+    also_data: tuple[Path, ...] = ()  # more datasets of the same kind trained on with `data`
     redis_url: str | None = None  # announce the published checkpoint to running workers
     model_overrides: dict = field(default_factory=dict)  # fields of the family's small config
     show_progress: bool = True
@@ -143,6 +144,17 @@ def training_record(
         "device": str(next(model.parameters()).device),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def source_record(run: TrainRun) -> dict:
+    """What the training record adds for a run that mixes datasets or fine-tunes (nothing
+    for a plain run, whose record stays as it was)."""
+    record: dict = {}
+    if run.also_data:
+        record["data"] = [str(p) for p in (run.data, *run.also_data)]
+    if run.init is not None:
+        record["init"] = str(run.init)
+    return record
 
 
 def publish_run(

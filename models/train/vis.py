@@ -28,6 +28,7 @@ from models.train.loop import (
     publish_run,
     run_loop,
     seed_everything,
+    source_record,
     training_record,
 )
 from models.train.vis_data import VisPairDataset, collate_pairs, read_rgb
@@ -47,7 +48,6 @@ class VisTrainConfig(TrainRun):
     work_dir: Path = Path("runs/vis")
     val_split: str = "train"
     loader_workers: int = 1  # processes decoding JPEGs beside the training step
-    also_data: tuple[Path, ...] = ()  # more datasets of the same categories, trained on too
     empty_frames: bool = False  # frames with no instance are key frames too (negatives)
 
 
@@ -162,16 +162,9 @@ def initial_vis_config(cfg: VisTrainConfig, num_classes: int) -> VisConfig:
 
 
 def run_settings(cfg: VisTrainConfig) -> dict:
-    """What the manifest's training record adds for a run that mixes datasets, keeps empty
-    frames or fine-tunes (nothing for a plain run, whose record stays as it was)."""
-    settings: dict = {}
-    if cfg.also_data:
-        settings["data"] = [str(p) for p in (cfg.data, *cfg.also_data)]
-    if cfg.empty_frames:
-        settings["empty_frames"] = True
-    if cfg.init is not None:
-        settings["init"] = str(cfg.init)
-    return settings
+    """The training record's additions for a run that mixes datasets, fine-tunes or keeps
+    empty frames."""
+    return {**source_record(cfg), **({"empty_frames": True} if cfg.empty_frames else {})}
 
 
 def validate_and_publish(

@@ -21,8 +21,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from models.checkpoints.checkpoint import load_weights_into, read_manifest
 from models.checkpoints.store import CheckpointStore
-from models.data.davis import DavisDataset, DavisVideo, load_davis
+from models.data.davis import DavisDataset, DavisVideo, load_davis, read_palette_png
 from models.data.synthetic.export import stored_fingerprint
 from models.eval.davis import evaluate_davis
 from models.train.distributed import (
@@ -41,6 +42,7 @@ from models.train.loop import (
     publish_run,
     run_loop,
     seed_everything,
+    source_record,
     training_record,
 )
 from models.train.vis_data import read_rgb
@@ -143,16 +145,17 @@ def train_vos(cfg: VosTrainConfig) -> Path | None:
 
 def _train_vos(cfg: VosTrainConfig) -> Path | None:
     seed_everything(cfg.seed)
-    davis_root = locate_davis(cfg.data, cfg.split)
-    data = load_davis(davis_root, cfg.split)
+    data, fingerprint = load_training_videos(cfg)
     train_videos, val_videos = _split(cfg, data)
-    model_config = VosConfig.small(**{"mem_every": cfg.mem_every, **cfg.model_overrides})
+    model_config = initial_vos_config(cfg)
+    network = STCN(model_config)
+    if cfg.init is not None:
+        load_weights_into(network, cfg.init, FAMILY)
+        log.info("starting from the weights of %s", cfg.init)
     # Channels-last: on a CPU the convolutions and pooling of a training step run about a fifth
     # faster; checkpoints store contiguous copies.
     # The encoders' batch norms train: under DDP their statistics are the global batch's.
-    model = prepare_model(
-        STCN(model_config).to(memory_format=torch.channels_last), synced_batchnorm=True
-    )
+    model = prepare_model(network.to(memory_format=torch.channels_last), synced_batchnorm=True)
     clips = VosClipDataset(train_videos, _clip_settings(cfg, model_config), cfg.seed)
     loop_cfg, optimizer, start = prepare_run(model, cfg)
     batches = batch_stream(clips, collate_clips, cfg, start)
@@ -168,16 +171,50 @@ def _train_vos(cfg: VosTrainConfig) -> Path | None:
     result = run_loop(model, optimizer, batches, loss_fn, loop_cfg, start, description="train vos")
     return on_main_rank(
         lambda: _validate_and_publish(
-            cfg, model, model_config, data, val_videos, result, start, len(clips)
+            cfg, model, model_config, fingerprint, val_videos, result, start, len(clips)
         )
     )
+
+
+def load_training_videos(cfg: VosTrainConfig) -> tuple[DavisDataset, str]:
+    """--data and every --data after it as one dataset of videos (those with no object in any
+    frame left out: they give no clip to follow), and the fingerprint (the dataset's own, or
+    with several the sha256 of theirs in order)."""
+    parts, fingerprints = [], []
+    for root in (cfg.data, *cfg.also_data):
+        part = load_davis(locate_davis(root, cfg.split), cfg.split)
+        parts.append(part)
+        fingerprints.append(davis_fingerprint(root, part))
+    videos = [video for part in parts for video in part.videos]
+    if cfg.also_data or cfg.init is not None:  # a plain run trains as it always did
+        videos = [video for video in videos if not _without_objects(video)]
+    if len(parts) == 1:
+        return dataclasses.replace(parts[0], videos=videos), fingerprints[0]
+    joined = hashlib.sha256(" ".join(fingerprints).encode()).hexdigest()
+    return dataclasses.replace(parts[0], videos=videos), joined
+
+
+def _without_objects(video: DavisVideo) -> bool:
+    """Every annotation of the video is background (a negative video of the wide world)."""
+    return len(video.annotation_paths) > 0 and all(
+        not read_palette_png(path).any() for path in video.annotation_paths
+    )
+
+
+def initial_vos_config(cfg: VosTrainConfig) -> VosConfig:
+    """The small configuration (with --mem-every), or with --init the starting checkpoint's
+    architecture."""
+    if cfg.init is None:
+        return VosConfig.small(**{"mem_every": cfg.mem_every, **cfg.model_overrides})
+    architecture = read_manifest(cfg.init).architecture
+    return VosConfig.from_dict({**architecture, "mem_every": cfg.mem_every, **cfg.model_overrides})
 
 
 def _validate_and_publish(
     cfg: VosTrainConfig,
     model: STCN,
     model_config: VosConfig,
-    data: DavisDataset,
+    fingerprint: str,
     val_videos: list[DavisVideo],
     result: LoopResult,
     start: int,
@@ -195,7 +232,7 @@ def _validate_and_publish(
         architecture=model_config.to_dict(),
         class_names=[],  # class-agnostic: the prompt says what to follow
         metrics={**metrics, "val_videos": len(val_videos)},
-        dataset_fingerprint=davis_fingerprint(cfg.data, data),
+        dataset_fingerprint=fingerprint,
         training=training_record(
             result,
             start,
@@ -206,6 +243,7 @@ def _validate_and_publish(
             mem_every=model_config.mem_every,
             validation_seconds=round(time.monotonic() - started, 1),
             train_videos=train_videos,
+            **source_record(cfg),
         ),
     )
 

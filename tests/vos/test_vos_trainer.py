@@ -132,3 +132,31 @@ def test_retune_republishes_the_weights_with_another_mem_every(dataset, tmp_path
     old, new = load_checkpoint(source).model, load_checkpoint(retuned).model
     for name, tensor in old.state_dict().items():
         torch.testing.assert_close(new.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+def test_fine_tune_on_a_mix_leaves_videos_without_objects_out(dataset, tmp_path):
+    from models.data.synthetic.world import wide_world
+
+    root, _ = dataset
+    negatives = tmp_path / "negatives"
+    world = wide_world(width=96, height=64, frames=6, fps=4, max_objects=2, negatives=1.0)
+    generate_dataset(negatives, world, 2, seed=6, split="train")
+    source = train_vos(config(root, tmp_path))
+    # lr 0: the published weights are the starting checkpoint's, so --init loaded them.
+    tuned = train_vos(
+        config(
+            root,
+            tmp_path,
+            lr=0.0,
+            also_data=(negatives,),
+            init=source,
+            store=tmp_path / "tuned",
+            work_dir=tmp_path / "work2",
+        )
+    )
+    training = json.loads((tuned / "manifest.json").read_text())["training"]
+    assert training["data"] == [str(root), str(negatives)] and training["init"] == str(source)
+    assert training["train_videos"] == 2  # the 3 with objects, one held out; no negative
+    before, after = load_checkpoint(source).model, load_checkpoint(tuned).model
+    for (name, a), (_, b) in zip(before.named_parameters(), after.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
