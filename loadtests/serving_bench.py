@@ -16,6 +16,7 @@ Prints the ratios and writes a JSON report.
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -122,8 +123,17 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--batch", type=int, default=8, help="max batch size, both sides")
     parser.add_argument("--json", type=Path, default=Path("loadtests/serving_bench.json"))
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the server only (e.g. VIDSERVE_GATEWAY_NICE=10)",
+    )
     args = parser.parse_args()
+    server_env = dict(item.split("=", 1) for item in args.server_env)
 
+    load_before = os.getloadavg()[0]
     world = bench_world(args.frames)
     # The server decodes the JPEGs: the direct loop gets the same decoded pixels.
     frames, encoded, decoded = bench_frames(args.frames)
@@ -134,7 +144,7 @@ def main() -> None:
 
     runner = load_runner_from_store(SHIPPED_CHECKPOINTS, "masktrack", "cpu")
     run_frames(runner, [WorkItem("warm", 0, 0, decoded[0], runner.open_session({}))])
-    process, url, target = start_server(args.batch, args.streams)
+    process, url, target = start_server(args.batch, args.streams, server_env)
     try:
         grpc_fps(target, encoded[:2], 1)  # warm up the server
         direct = direct_fps(runner, decoded, args.streams, args.batch)
@@ -150,6 +160,8 @@ def main() -> None:
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
         f"torch threads, {platform.system()}",
+        "server_env": server_env,
+        "load_average_before": round(load_before, 2),
         "model": f"masktrack {runner.info.version}",
         "streams": args.streams,
         "frames_per_stream": args.frames,
@@ -175,7 +187,7 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     print(
         f"\nserving / direct at saturation: gRPC {report['grpc_ratio']:.3f}, "
-        f"REST {report['rest_ratio']:.3f} (target >= 0.9)"
+        f"REST {report['rest_ratio']:.3f} (target >= 0.95)"
     )
 
 

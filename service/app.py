@@ -8,6 +8,8 @@ import asyncio
 import importlib
 import json
 import logging
+import os
+import sys
 import threading
 from pathlib import Path
 
@@ -189,6 +191,17 @@ def files_signature(folder: Path) -> tuple:
     return tuple(signature)
 
 
+def lower_this_thread(nice: int) -> None:
+    """Make the calling thread `nice` steps nicer (Linux: a thread's nice value is its own, and
+    threads it starts inherit it). Elsewhere, or at 0, nothing."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    thread = threading.get_native_id()
+    current = os.getpriority(os.PRIO_PROCESS, thread)
+    os.setpriority(os.PRIO_PROCESS, thread, min(19, current + nice))
+    log.info("gateway threads at nice %d", min(19, current + nice))
+
+
 async def serve_embedded(settings: Settings, ready: threading.Event | None = None) -> None:
     """Gateways and worker in this process; returns when the server is stopped (Ctrl-C)."""
     from service.metrics import Metrics
@@ -203,6 +216,9 @@ async def serve_embedded(settings: Settings, ready: threading.Event | None = Non
     log.info("loaded %s from %s", ", ".join(loaded) or "no model", settings.checkpoint_store)
     threading.Thread(target=worker.run, daemon=True, name="worker").start()
     host.start()
+    # After the worker's thread started (it keeps this thread's priority): the threads this one
+    # starts from now on (gRPC's, the decode pool's) inherit the lowered one.
+    lower_this_thread(settings.gateway_nice)
     try:
         await serve_gateways(settings, transport, worker, ready, metrics)
     finally:

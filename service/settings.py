@@ -90,6 +90,14 @@ class Settings(BaseSettings):
         description="the worker's forward passes: fp32, or autocast to fp16 (CUDA only: a CPU "
         "worker falls back to fp32 with a warning) or bf16 (CUDA or CPU)",
     )
+    gateway_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="embedded server: the gateways' threads (event loop, decoding, encoding) run "
+        "this much nicer than the worker's, so that on cores the model fills they yield to its "
+        "threads (Linux; 0: off)",
+    )
     max_sessions: int = Field(256, ge=1)
     session_idle_s: float = Field(60.0, gt=0)
     drain_grace_s: float = Field(
