@@ -869,18 +869,22 @@ def train_vos_command(
     _train_and_publish(publish)
 
 
+ExistingStoreOption = Annotated[Path, typer.Option(exists=True, help="The checkpoint store.")]
+FromVersionOption = Annotated[
+    str | None, typer.Option(help="Version to start from.", show_default="the newest")
+]
+
+
 @train_app.command("vos-retune")
 def retune_vos_command(
-    store: Annotated[Path, typer.Option(exists=True, help="The checkpoint store.")],
+    store: ExistingStoreOption,
     val: Annotated[
         Path,
         typer.Option(exists=True, help="Held-out DAVIS-format dataset, every frame annotated."),
     ],
     mem_every: Annotated[int, typer.Option(min=1, help="Memorise every n-th frame.")],
     name: Annotated[str, typer.Option(help="Model name in the store.")] = "stcn",
-    version: Annotated[
-        str | None, typer.Option(help="Version to start from.", show_default="the newest")
-    ] = None,
+    version: FromVersionOption = None,
     val_split: ValSplitOption = "val",
     redis_url: RedisOption = None,
 ) -> None:
@@ -895,7 +899,7 @@ def retune_vos_command(
 
 @train_app.command("vis-calibrate")
 def calibrate_vis_command(
-    store: Annotated[Path, typer.Option(exists=True, help="The checkpoint store.")],
+    store: ExistingStoreOption,
     negatives: Annotated[
         Path,
         typer.Option(
@@ -914,9 +918,7 @@ def calibrate_vis_command(
         float, typer.Option(min=0.0, help="False objects a frame allowed on the negatives.")
     ] = 0.1,
     name: Annotated[str, typer.Option(help="Model name in the store.")] = "masktrack",
-    version: Annotated[
-        str | None, typer.Option(help="Version to start from.", show_default="the newest")
-    ] = None,
+    version: FromVersionOption = None,
     val_split: ValSplitOption = "val",
     redis_url: RedisOption = None,
 ) -> None:

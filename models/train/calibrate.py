@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from models.checkpoints.store import CheckpointStore
 from models.data.ytvis import YtvisDataset, load_ytvis
-from models.train.loop import command_line, publish_run
+from models.train.loop import republish
 from models.train.vis import locate_ytvis
 from models.train.vis_data import masks_to_boxes, read_rgb
 
@@ -79,29 +79,21 @@ def calibrate_vis(
             "no threshold keeps false objects within %s a frame: %s", max_false_per_frame, chosen
         )
     log.info("served score threshold %.2f: %s", chosen, table[f"{chosen:.2f}"])
-    config = replace(model.config, served_score_threshold=chosen)
-    calibrated = {
-        "command": command_line(),
-        "from_version": source.manifest.version,
-        "changed": {"served_score_threshold": [model.config.served_score_threshold, chosen]},
-        "max_false_objects_per_frame": max_false_per_frame,
-        "negative_videos": len(empty),
-        "negative_frames": negative_frames,
-        "annotated_objects": annotated,
-        "thresholds": table,
-    }
-    model.config = config
-    return publish_run(
+    before = model.config.served_score_threshold
+    model.config = replace(model.config, served_score_threshold=chosen)
+    return republish(
         store,
         redis_url,
+        source,
         model,
-        FAMILY,
-        name,
-        architecture=config.to_dict(),
-        class_names=source.manifest.class_names,
-        metrics=source.manifest.metrics,
-        dataset_fingerprint=source.manifest.dataset_fingerprint,
-        training={**source.manifest.training, "calibrated": calibrated},
+        model.config.to_dict(),
+        "calibrated",
+        {"served_score_threshold": [before, chosen]},
+        max_false_objects_per_frame=max_false_per_frame,
+        negative_videos=len(empty),
+        negative_frames=negative_frames,
+        annotated_objects=annotated,
+        thresholds=table,
     )
 
 

@@ -157,6 +157,44 @@ def source_record(run: TrainRun) -> dict:
     return record
 
 
+def republish(
+    store: Path,
+    redis_url: str | None,
+    source,
+    model: torch.nn.Module,
+    architecture: dict,
+    note: str,
+    changed: dict,
+    metrics: dict | None = None,
+    **record,
+) -> Path:
+    """Publish the weights of a loaded checkpoint (`source`) again, under a changed inference
+    setting, as a new version of the same name: the manifest keeps how they were trained and
+    adds, under `note`, the command, the version they come from, what `changed` (name ->
+    [before, after]) and `record`. `metrics`: re-measured ones (default: the source's)."""
+    manifest = source.manifest
+    return publish_run(
+        store,
+        redis_url,
+        model,
+        manifest.family,
+        Path(source.path).parent.name,
+        architecture=architecture,
+        class_names=manifest.class_names,
+        metrics=manifest.metrics if metrics is None else metrics,
+        dataset_fingerprint=manifest.dataset_fingerprint,
+        training={
+            **manifest.training,
+            note: {
+                "command": command_line(),
+                "from_version": manifest.version,
+                "changed": changed,
+                **record,
+            },
+        },
+    )
+
+
 def publish_run(
     store: Path, redis_url: str | None, model: torch.nn.Module, family: str, name: str, **manifest
 ) -> Path:

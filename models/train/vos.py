@@ -37,9 +37,9 @@ from models.train.loop import (
     LoopResult,
     TrainRun,
     batch_stream,
-    command_line,
     prepare_run,
     publish_run,
+    republish,
     run_loop,
     seed_everything,
     source_record,
@@ -271,23 +271,16 @@ def retune_vos(
     videos = load_davis(locate_davis(val, val_split), val_split).videos
     metrics = evaluate_vos_model(prepare_for_inference(model), videos)
     log.info("mem_every %d on %d videos: %s", mem_every, len(videos), metrics)
-    retuned = {
-        "command": command_line(),
-        "from_version": source.manifest.version,
-        "changed": {"mem_every": [source.model.config.mem_every, mem_every]},
-        "metrics_before": source.manifest.metrics,
-    }
-    return publish_run(
+    return republish(
         store,
         redis_url,
+        source,
         model,
-        FAMILY,
-        name,
-        architecture=config.to_dict(),
-        class_names=[],
+        config.to_dict(),
+        "retuned",
+        {"mem_every": [source.model.config.mem_every, mem_every]},
         metrics={**metrics, "val_videos": len(videos)},
-        dataset_fingerprint=source.manifest.dataset_fingerprint,
-        training={**source.manifest.training, "retuned": retuned},
+        metrics_before=source.manifest.metrics,
     )
 
 

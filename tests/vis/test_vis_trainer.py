@@ -202,6 +202,7 @@ def test_calibrate_publishes_the_threshold_the_negatives_allow(dataset, negative
     chosen = manifest["architecture"]["served_score_threshold"]
     assert chosen == (within[0] if within else CANDIDATES[-1])
     assert calibrated["from_version"] == start.name and calibrated["negative_videos"] == 2
+    assert calibrated["changed"] == {"served_score_threshold": [0.5, chosen]}
     assert calibrated["negative_frames"] == 12 and calibrated["annotated_objects"] > 0
 
     before, after = load_checkpoint(start), load_checkpoint(folder)
