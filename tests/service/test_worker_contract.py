@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from models.checkpoints.store import CheckpointStore
 from models.data.synthetic.export import generate_video
 from models.data.synthetic.world import WorldConfig
 from service.queue.inprocess import InProcessTransport
@@ -22,8 +23,8 @@ FRAMES = generate_video(WorldConfig(width=160, height=120, frames=24, max_object
 
 @pytest.fixture(scope="module")
 def vis_runners():
-    store = SHIPPED_CHECKPOINTS / "vis" / "masktrack"
-    [version] = sorted(p for p in store.iterdir() if p.is_dir())
+    # The newest shipped version, as the worker serves it (the store keeps earlier ones).
+    version = CheckpointStore(SHIPPED_CHECKPOINTS).latest("vis", "masktrack")
     return load_runners(version, "masktrack", "cpu")
 
 
