@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models.checkpoints.store import CheckpointStore  # noqa: E402
 from models.data.synthetic.export import generate_video  # noqa: E402
 from models.data.synthetic.world import WorldConfig  # noqa: E402
 from service.gateway.pipeline import InputFrame, run_session  # noqa: E402
@@ -118,8 +119,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    store = SHIPPED_CHECKPOINTS / "vis" / "masktrack"
-    version = sorted(p for p in store.iterdir() if p.is_dir())[-1]
+    version = CheckpointStore(SHIPPED_CHECKPOINTS).latest("vis", "masktrack")
     burn = BurnRunner()
     transport = InProcessTransport()
     worker = Worker(transport, WorkerConfig(max_batch_size=8, max_wait_ms=5))
