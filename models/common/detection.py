@@ -227,7 +227,14 @@ class TwoStageDetector(nn.Module):
         )
         raw = self(batch.tensor, batch.image_sizes, min_score)
         return [
-            to_input_pixels(image_raw, network_size, input_size, config.mask_threshold, mask_probs)
+            to_input_pixels(
+                image_raw,
+                network_size,
+                input_size,
+                config.mask_threshold,
+                mask_probs,
+                roi_aligned=config.roi_align_aligned,
+            )
             for image_raw, network_size, input_size in zip(
                 raw, batch.image_sizes, batch.input_sizes, strict=True
             )

@@ -6,6 +6,7 @@ import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 from models.checkpoints import CheckpointError, load_checkpoint
+from models.common.detections import paste_masks, unaligned_grid_boxes
 from models.vis import VisConfig, build_masktrack_rcnn
 from models.vis.torchvision_weights import (
     TRACK_HEAD_PREFIX,
@@ -75,12 +76,29 @@ def test_torchvision_weights_give_torchvision_outputs(torchvision_model, our_mod
     image = torch.rand(3, *IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = torchvision_model([image])[0]
+        roi_masks = torchvision_roi_masks(torchvision_model, image)
     ours = our_model.detect([image], mask_probs=True)[0]
     assert len(ours) > 0
     assert torch.equal(ours.labels, expected["labels"])
     assert torch.allclose(ours.scores, expected["scores"], atol=1e-5)
     assert torch.allclose(ours.boxes, expected["boxes"], atol=1e-3)
-    assert torch.allclose(ours.mask_probs, expected["masks"][:, 0], atol=1e-4)
+    # The networks' mask probabilities agree; the paste onto the image is ours (exact at the
+    # float box, where torchvision's truncates the box to whole pixels): models.common.detections.
+    grid_boxes = unaligned_grid_boxes(expected["boxes"], IMAGE_SIZE, IMAGE_SIZE)
+    pasted, probs = paste_masks(roi_masks, grid_boxes, IMAGE_SIZE, 0.5, with_probs=True)
+    assert torch.allclose(ours.mask_probs, probs, atol=1e-4)
+    assert torch.equal(ours.masks, pasted)
+    # and torchvision's own paste differs from it by at most about a pixel's shift
+    assert (ours.masks != (expected["masks"][:, 0] >= 0.5)).float().mean() < 0.05
+
+
+def torchvision_roi_masks(model, image):
+    """torchvision's RoI mask probabilities (N, 1, 28, 28), before its paste onto the image."""
+    images, _ = model.transform([image])
+    features = model.backbone(images.tensors)
+    proposals, _ = model.rpn(images, features)
+    detections, _ = model.roi_heads(features, proposals, images.image_sizes)
+    return detections[0]["masks"]
 
 
 def test_legacy_names_and_frozen_batchnorm_files_load(torchvision_model, coco_config):
