@@ -25,6 +25,9 @@ class StageHead(ABC):
     name: str
     version: str
     option_names: tuple[str, ...] = ()  # the session options this stage takes
+    # Options the first stage gets in this pipeline unless the request sets them (e.g. an action
+    # head's own tracker threshold in place of the tracker's served default).
+    first_stage_defaults: dict[str, object] = {}
     actions: tuple[str, ...] = ()  # the action labels it answers (GET /v1/models lists them)
 
     def open_session(self, options: dict) -> object:
@@ -70,7 +73,9 @@ class PipelineRunner(ModelRunner):
 
     def open_session(self, options: dict) -> PipelineSession:
         own = {n for head in self.heads for n in head.option_names}
-        first = self.first.open_session({k: v for k, v in options.items() if k not in own})
+        first_options = {k: v for head in self.heads for k, v in head.first_stage_defaults.items()}
+        first_options.update({k: v for k, v in options.items() if k not in own})
+        first = self.first.open_session(first_options)
         heads = []
         for head in self.heads:
             heads.append(

@@ -53,6 +53,8 @@ def test_served_on_tracked_boxes_it_keeps_its_map(held_out):
     root, data = held_out
     runner = load_runner_from_store(SHIPPED_CHECKPOINTS, "slowfast-acrn", "cpu")
     assert [name for name, _ in runner.info.stages] == ["masktrack", "slowfast-acrn"]
+    # its actors are the tracker's objects at the head's own threshold, not masktrack's default
+    assert runner.open_session({}).first.score_threshold == 0.5
     videos = data.videos()[:2]
     rows = []
     for video in videos:

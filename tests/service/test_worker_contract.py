@@ -143,3 +143,17 @@ def test_pipeline_shares_detector_batches_with_plain_tracking_sessions(vis_runne
         assert piped_frames[index].stages == pipeline.info.stage_list()
         assert plain_frames[index].stages == [("masktrack", tracking.info.version)]
     assert objects_seen > 0
+
+
+class ThresholdedAreaHead(AreaHead):
+    first_stage_defaults = {"score_threshold": 0.3}
+
+
+def test_a_later_stage_sets_the_first_stages_defaults_and_a_request_overrides_them(vis_runners):
+    tracking = next(r for r in vis_runners if r.info.name == "masktrack")
+    pipeline = PipelineRunner("masktrack-areas", "action", tracking, [ThresholdedAreaHead()])
+    served_default = tracking.open_session({}).score_threshold
+    assert served_default > 0.3  # the shipped checkpoint's calibrated one
+    assert pipeline.open_session({}).first.score_threshold == 0.3
+    assert pipeline.open_session({"score_threshold": "0.9"}).first.score_threshold == 0.9
+    assert tracking.open_session({}).score_threshold == served_default  # its own sessions keep it
