@@ -13,6 +13,9 @@ from models.common.detections import paste_masks, unaligned_grid_boxes
 
 GRID = 28
 CENTRE, RADIUS = (37.3, 29.6), 11.2  # in network pixels (continuous: pixel i spans [i, i + 1))
+NETWORK_SIZE = (60, 80)
+BOX = torch.tensor([[CENTRE[0] - RADIUS, CENTRE[1] - RADIUS, CENTRE[0] + RADIUS,
+                     CENTRE[1] + RADIUS]])  # fmt: skip
 
 
 def disc(size: tuple[int, int], pixels_a_network_pixel: float) -> torch.Tensor:
@@ -24,16 +27,18 @@ def disc(size: tuple[int, int], pixels_a_network_pixel: float) -> torch.Tensor:
     return (xx - CENTRE[0]) ** 2 + (yy - CENTRE[1]) ** 2 <= RADIUS**2
 
 
-def cut_and_paste(aligned: bool, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    network_size, input_size = (60, 80), (60 * scale, 80 * scale)
-    box = torch.tensor([[CENTRE[0] - RADIUS, CENTRE[1] - RADIUS, CENTRE[0] + RADIUS,
-                         CENTRE[1] + RADIUS]])  # fmt: skip
-    target = roi_align(
-        disc(network_size, 1.0)[None, None].float(), [box], GRID, 1.0, 2, aligned=aligned
+def cut_target(aligned: bool) -> torch.Tensor:
+    """The disc's (1, 1, 28, 28) mask target, cut at its box as training cuts it."""
+    return roi_align(
+        disc(NETWORK_SIZE, 1.0)[None, None].float(), [BOX], GRID, 1.0, 2, aligned=aligned
     )
-    input_box = box * scale
-    grid_box = input_box if aligned else unaligned_grid_boxes(input_box, network_size, input_size)
-    pasted, _ = paste_masks(target, grid_box, input_size, 0.5, with_probs=False)
+
+
+def cut_and_paste(aligned: bool, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    input_size = (NETWORK_SIZE[0] * scale, NETWORK_SIZE[1] * scale)
+    input_box = BOX * scale
+    grid_box = input_box if aligned else unaligned_grid_boxes(input_box, NETWORK_SIZE, input_size)
+    pasted, _ = paste_masks(cut_target(aligned), grid_box, input_size, 0.5, with_probs=False)
     return pasted[0], disc(input_size, float(scale))
 
 
@@ -50,10 +55,7 @@ def test_a_cut_mask_pasted_back_is_the_mask(aligned, scale):
 
 def test_the_exact_paste_beats_torchvisions_on_small_objects():
     pasted, truth = cut_and_paste(aligned=False, scale=1)
-    box = torch.tensor([[CENTRE[0] - RADIUS, CENTRE[1] - RADIUS, CENTRE[0] + RADIUS,
-                         CENTRE[1] + RADIUS]])  # fmt: skip
-    target = roi_align(disc((60, 80), 1.0)[None, None].float(), [box], GRID, 1.0, 2)
-    legacy = paste_masks_in_image(target, box, (60, 80))[0, 0] >= 0.5
+    legacy = paste_masks_in_image(cut_target(aligned=False), BOX, NETWORK_SIZE)[0, 0] >= 0.5
     assert iou(pasted, truth) > iou(legacy, truth) + 0.03
 
 
