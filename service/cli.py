@@ -683,17 +683,35 @@ def train_panoptic_command(
             show_default="from scratch",
         ),
     ] = None,
+    decoder_memory: Annotated[
+        str | None,
+        typer.Option(
+            help="What the decoder's queries attend to: transformer_encoder (the stride-32 "
+            "encoder memory, MMDetection's release) or pixel_embedding (the stride-4 mask "
+            "features, as the official MaskFormer can).",
+            show_default="the small configuration's, or --init's",
+        ),
+    ] = None,
     seed: SeedOption = 0,
     work_dir: WorkDirOption = Path("runs/panoptic"),
     resume: ResumeOption = False,
+    init: InitOption = None,
     redis_url: RedisOption = None,
 ) -> None:
     """Train MaskFormer (small CPU configuration) on panoptic segments, things and stuff,
     evaluate PQ on held-out videos, publish to the store. Under `torchrun --nproc-per-node N`
     it trains with DDP; rank 0 publishes."""
     options = dict(locals())
+    from models.panoptic.config import DECODER_MEMORIES
     from models.train.panoptic import PanopticTrainConfig, train_panoptic
 
+    memory = options.pop("decoder_memory")
+    if memory is not None and memory not in DECODER_MEMORIES:
+        raise typer.BadParameter(
+            f"unknown decoder memory {memory!r}; one of {', '.join(DECODER_MEMORIES)}",
+            param_hint="--decoder-memory",
+        )
+    options["model_overrides"] = {} if memory is None else {"decoder_memory": memory}
     _train_and_publish(lambda: train_panoptic(_run_config(PanopticTrainConfig, options)))
 
 

@@ -26,6 +26,7 @@ from models.common.image import IMAGENET_MEAN, IMAGENET_STD
 # The synthetic world's categories (models.data.synthetic.world): 6 things, 5 stuff.
 SYNTHETIC_THINGS = 6
 SYNTHETIC_STUFF = 5
+DECODER_MEMORIES = ("transformer_encoder", "pixel_embedding")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class PanopticConfig(ManifestConfig):
     decoder_layers: int = 6
     dropout: float = 0.1
     group_norm_groups: int = 32
+    # What the transformer decoder's queries attend to: the pixel decoder's encoder memory at
+    # stride 32 (MMDetection's release), or its mask features at stride 4 (the official
+    # MaskFormer's TRANSFORMER_IN_FEATURE "pixel_embedding"). The same weights either way.
+    decoder_memory: str = "transformer_encoder"
 
     # Test resize: keep the aspect ratio, fit in long x short. The release pads a batch only to
     # its largest image (pad_size_divisor=1): its padding is masked out of the attention, and
@@ -89,6 +94,10 @@ class PanopticConfig(ManifestConfig):
         require(self.hidden_dim % self.group_norm_groups == 0, "hidden_dim % groups must be 0")
         require(self.encoder_layers >= 0 and self.decoder_layers >= 1, "layer counts")
         require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        require(
+            self.decoder_memory in DECODER_MEMORIES,
+            f"decoder_memory must be one of {DECODER_MEMORIES}, got {self.decoder_memory!r}",
+        )
         require(
             self.image_long_edge >= self.image_short_edge > 0,
             "need image_long_edge >= image_short_edge > 0",

@@ -278,6 +278,7 @@ class MaskFormerHead(nn.Module):
         super().__init__()
         dim = config.hidden_dim
         self.hidden_dim = dim
+        self.decoder_memory = config.decoder_memory
         self.pixel_decoder = TransformerEncoderPixelDecoder(config, trunk_channels)
         self.transformer_decoder = TransformerDecoder(config)
         self.query_embed = nn.Embedding(config.num_queries, dim)
@@ -305,6 +306,13 @@ class MaskFormerHead(nn.Module):
         # of the same mask (MMDetection computes it twice).
         pos = sine_positions(padding, self.hidden_dim)
         mask_features, memory = self.pixel_decoder(features, padding, pos)
+        if self.decoder_memory == "pixel_embedding":
+            # Stride 4: a 20-50 px thing spans 5-12 cells there, one or two at stride 32.
+            memory = mask_features
+            padding = padding_mask(
+                batch, padded_size, image_sizes, tuple(memory.shape[-2:]), memory.device
+            )
+            pos = sine_positions(padding, self.hidden_dim)
         query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
         attend_padding = padding.flatten(1) if bool(padding.any()) else None
         decoded = self.transformer_decoder(

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from models.checkpoints.checkpoint import load_part_into
+from models.checkpoints.checkpoint import load_part_into, load_weights_into, read_manifest
 from models.common.image import resize_masks
 from models.data.coco_panoptic import PanopticDataset, PanopticImage, load_coco_panoptic
 from models.eval.panoptic import PqCounts, Segments, count_image, pq_metrics
@@ -40,7 +40,14 @@ from models.panoptic.inference import (
 from models.panoptic.loss import MaskFormerLoss, PanopticTarget
 from models.panoptic.model import FAMILY, MaskFormer, build_maskformer
 from models.train.distributed import Drawn, on_main_rank, prepare_model, process_group
-from models.train.loop import TrainRun, batch_stream, prepare_run, run_loop, seed_everything
+from models.train.loop import (
+    TrainRun,
+    batch_stream,
+    prepare_run,
+    run_loop,
+    seed_everything,
+    source_record,
+)
 from models.train.vis import validate_and_publish
 from models.train.vis_data import read_rgb
 
@@ -212,12 +219,15 @@ def _train_panoptic(cfg: PanopticTrainConfig) -> Path | None:
     seed_everything(cfg.seed)
     data = PanopticData.load(cfg.data, cfg.split)
     train_videos, val_set = split_panoptic(cfg, data)
-    config = PanopticConfig.small(
-        num_things=data.num_things,
-        num_stuff=data.num_stuff,
-        **cfg.model_overrides,
-    )
-    network = build_maskformer(config)
+    network = build_maskformer(initial_config(cfg, data))
+    if cfg.init is not None:
+        manifest = load_weights_into(network, cfg.init, FAMILY)
+        if manifest.class_names != data.class_names:
+            raise ValueError(
+                f"{cfg.init}: categories {manifest.class_names} differ from the data's "
+                f"{data.class_names}"
+            )
+        log.info("starting from the weights of %s", cfg.init)
     trunk_from = start_trunk(network, cfg.trunk_init)
     model = prepare_model(network, synced_batchnorm=True)
     frames = PanopticFrames(data)
@@ -249,9 +259,20 @@ def _train_panoptic(cfg: PanopticTrainConfig) -> Path | None:
             start,
             len(train_videos),
             grad_clip=cfg.grad_clip,
+            **source_record(cfg),
             **trunk_from,
         )
     )
+
+
+def initial_config(cfg: PanopticTrainConfig, data: PanopticData) -> PanopticConfig:
+    """The small configuration for the data's classes, or --init's architecture; either with
+    the run's overrides (e.g. decoder_memory)."""
+    if cfg.init is None:
+        return PanopticConfig.small(
+            num_things=data.num_things, num_stuff=data.num_stuff, **cfg.model_overrides
+        )
+    return PanopticConfig.from_dict({**read_manifest(cfg.init).architecture, **cfg.model_overrides})
 
 
 def start_trunk(model: MaskFormer, checkpoint: Path | None) -> dict[str, str]:

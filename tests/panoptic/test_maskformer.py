@@ -5,6 +5,7 @@ queries of one class merged, thing queries under the thresholds dropped."""
 
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -357,6 +358,33 @@ def test_a_padded_batch_answers_on_the_padded_grid(small_model):
         output = small_model(batch, [(240, 320), (256, 300)])  # padding masked from attention
     assert output.mask_logits.shape == (2, 30, 64, 88)
     assert torch.isfinite(output.class_logits).all() and torch.isfinite(output.mask_logits).all()
+
+
+def test_decoder_reading_the_pixel_embedding_attends_to_the_stride_4_grid(small_model):
+    """The official MaskFormer's TRANSFORMER_IN_FEATURE "pixel_embedding": the same weights,
+    the queries attending to the mask features (60 x 80 here) instead of the stride-32 memory,
+    their padding masked at that grid."""
+    config = replace(small_model.config, decoder_memory="pixel_embedding")
+    model = build_maskformer(config)
+    model.load_state_dict(small_model.state_dict())  # strict: no weight added or dropped
+    seen = []
+    hook = model.panoptic_head.transformer_decoder.register_forward_hook(
+        lambda _module, args, _out: seen.append((args[2].shape, args[4]))
+    )
+    batch = torch.randn(2, 3, 256, 352)
+    with torch.inference_mode():
+        output = model(batch, [(240, 320), (256, 300)])
+        coarse = small_model(batch, [(240, 320), (256, 300)])
+    hook.remove()
+    ((tokens, padding),) = seen
+    assert tokens == (2, 64 * 88, config.hidden_dim)
+    assert padding.shape == (2, 64 * 88)
+    assert padding.view(2, 64, 88)[0, 60:].all() and not padding.view(2, 64, 88)[0, :60, :80].any()
+    assert padding.view(2, 64, 88)[1, :, 75:].all() and not padding.view(2, 64, 88)[1, :, :75].any()
+    assert output.mask_logits.shape == coarse.mask_logits.shape
+    assert not torch.allclose(output.class_logits, coarse.class_logits)
+    with pytest.raises(ValueError, match="decoder_memory"):
+        replace(config, decoder_memory="res5")
 
 
 def test_small_model_trains_a_step(small_model):

@@ -207,6 +207,34 @@ def test_train_publish_reload_resume(dataset, tmp_path):
     losses = (tmp_path / "work" / "losses.tsv").read_text().splitlines()
     assert [int(line.split("\t")[0]) for line in losses] == [0, 1, 2, 3, 4]
 
+    # Fine-tuning: --init's architecture and weights, the decoder now reading the stride-4 map.
+    tuned = train_panoptic(
+        train_config(
+            root,
+            tmp_path,
+            iters=1,
+            init=folder,
+            lr=1e-12,
+            model_overrides={"decoder_memory": "pixel_embedding"},
+            store=tmp_path / "store3",
+            work_dir=tmp_path / "work3",
+        )
+    )
+    manifest = json.loads((tuned / "manifest.json").read_text())
+    assert manifest["training"]["init"] == str(folder)
+    assert manifest["architecture"] == {
+        **json.loads((folder / "manifest.json").read_text())["architecture"],
+        "decoder_memory": "pixel_embedding",
+        "object_mask_threshold": manifest["metrics"]["object_mask_threshold"],
+    }
+    before, after = (load_checkpoint(f).model.state_dict() for f in (folder, tuned))
+    assert before.keys() == after.keys()
+    assert all(
+        torch.allclose(before[k], after[k], atol=1e-6)
+        for k in before
+        if "running" not in k and "num_batches" not in k
+    )
+
 
 def test_the_trunk_starts_from_a_detection_checkpoints_backbone_body_key_for_key():
     from safetensors.torch import load_file
