@@ -5,6 +5,8 @@ Match score of detection i and kept track j (MMTracking MaskTrackRCNNTracker):
     + 10.0 * [label_i == label_j]
 with logits = [0 ("new object"), dot(embedding_i, track_embedding_j) ...]; for the "new" column the
 IoU is 0 and the label term is 1. A track not seen for 20 frames is forgotten; frame 0 resets.
+The IoU is of boxes, as in the reference, or (`overlap="mask"`) of masks: a detection's mask
+against the track's last one, for models whose things cross and whose boxes then overlap alike.
 
 Unlike the reference, which lets each detection take its best column and so can give two
 detections one id (a TODO there), ids are assigned one-to-one: a linear assignment maximising
@@ -41,6 +43,13 @@ class TrackerConfig:
     # Summaries kept of forgotten tracks (the most recent ones), so that a long live stream with
     # objects coming and going keeps bounded state; the kept tracks' own are always there.
     max_finished_tracks: int = 256
+    # What the IoU term compares: "box" (the reference) or "mask" (each track keeps its last
+    # mask: H x W bools a kept track).
+    overlap: str = "box"
+
+    def __post_init__(self) -> None:
+        if self.overlap not in ("box", "mask"):
+            raise ValueError(f"overlap must be 'box' or 'mask', got {self.overlap!r}")
 
 
 @dataclass
@@ -120,6 +129,7 @@ class Tracker:
         self.track_ids: list[int] = []
         self.embeddings = torch.zeros((0, 0))
         self.boxes = torch.zeros((0, 4))
+        self.masks: Tensor | None = None  # (T, H, W) bool, with overlap="mask"
         self.labels = torch.zeros(0, dtype=torch.int64)
         self.last_seen = torch.zeros(0, dtype=torch.int64)
         self.histories: dict[int, TrackVotes] = {}
@@ -138,8 +148,11 @@ class Tracker:
             )
         self.frame_index = frame_index
         boxes, labels, scores, embeddings = _as_cpu(detections)
-        assignment = self._assign(boxes, labels, scores, embeddings)
+        masks = detections.masks.detach().to("cpu", torch.bool) if self._by_mask else None
+        assignment = self._assign(boxes, labels, scores, embeddings, masks)
         ids = self._update(assignment, boxes, labels, scores, embeddings)
+        if masks is not None:
+            self._remember_masks(ids, masks)
         self._forget_stale()
         return ids
 
@@ -152,21 +165,55 @@ class Tracker:
     def num_kept_tracks(self) -> int:
         return len(self.track_ids)
 
+    @property
+    def _by_mask(self) -> bool:
+        return self.config.overlap == "mask"
+
     def scores_against_tracks(
-        self, boxes: Tensor, labels: Tensor, scores: Tensor, embeddings: Tensor
+        self,
+        boxes: Tensor,
+        labels: Tensor,
+        scores: Tensor,
+        embeddings: Tensor,
+        masks: Tensor | None = None,
     ) -> Tensor:
-        """(N, 1 + T) match scores of the detections against the kept tracks."""
+        """(N, 1 + T) match scores of the detections against the kept tracks (`masks`, the
+        detections' (N, H, W), with overlap="mask")."""
         logits = similarity_logits(embeddings, self.embeddings)
-        ious = box_iou(boxes, self.boxes)
+        if self._by_mask:
+            if masks is None or self.masks is None:
+                raise ValueError('overlap="mask" needs the detections\' masks')
+            ious = mask_iou(masks, self.masks)
+        else:
+            ious = box_iou(boxes, self.boxes)
         same_label = labels[:, None] == self.labels[None, :]
         return match_scores(logits, scores, ious, same_label, self.config)
 
     def _assign(
-        self, boxes: Tensor, labels: Tensor, scores: Tensor, embeddings: Tensor
+        self,
+        boxes: Tensor,
+        labels: Tensor,
+        scores: Tensor,
+        embeddings: Tensor,
+        masks: Tensor | None,
     ) -> list[int]:
         if len(boxes) == 0 or not self.track_ids:
             return [NEW_OBJECT] * len(boxes)
-        return assign_one_to_one(self.scores_against_tracks(boxes, labels, scores, embeddings))
+        return assign_one_to_one(
+            self.scores_against_tracks(boxes, labels, scores, embeddings, masks)
+        )
+
+    def _remember_masks(self, ids: list[int], masks: Tensor) -> None:
+        """Each matched or new track's mask is this frame's (after _update: tracks in order)."""
+        if not ids:  # nothing seen: the kept masks stay as they are
+            return
+        size = tuple(masks.shape[-2:])
+        if self.masks is None or tuple(self.masks.shape[-2:]) != size:
+            self.masks = torch.zeros((0, *size), dtype=torch.bool)
+        missing = len(self.track_ids) - len(self.masks)
+        self.masks = torch.cat([self.masks, self.masks.new_zeros((missing, *size))])
+        for det, track_id in enumerate(ids):
+            self.masks[self.track_ids.index(track_id)] = masks[det]
 
     def _update(
         self,
@@ -212,11 +259,21 @@ class Tracker:
         self.boxes = self.boxes[keep]
         self.labels = self.labels[keep]
         self.last_seen = self.last_seen[keep]
+        if self.masks is not None:
+            self.masks = self.masks[keep]
         # A forgotten track is never matched again: its history is final. Keep the newest
         # max_finished_tracks of them for summaries(), drop the rest.
         self.finished.extend(tid for tid, kept in zip(ids, kept_flags, strict=True) if not kept)
         while len(self.finished) > self.config.max_finished_tracks:
             self.histories.pop(self.finished.popleft(), None)
+
+
+def mask_iou(masks: Tensor, others: Tensor) -> Tensor:
+    """(N, M) IoU of bool masks (N, H, W) and (M, H, W)."""
+    a, b = masks.flatten(1).float(), others.flatten(1).float()
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    return inter / union.clamp(min=1.0)
 
 
 def _as_cpu(detections: FrameDetections) -> tuple[Tensor, Tensor, Tensor, Tensor]:

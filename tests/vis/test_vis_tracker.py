@@ -1,9 +1,11 @@
 """The MaskTrack R-CNN tracker: match score, one-to-one ids, memory, video-level summary."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
+from torchvision.ops import masks_to_boxes
 from vis_fixtures import fake_detections
 
 from models.vis import Tracker, TrackerConfig, match_scores
@@ -129,3 +131,46 @@ def test_video_summary_is_mean_score_and_majority_category():
     assert summary.category == 2
     assert summary.score == pytest.approx((0.9 + 0.6 + 0.3) / 3)
     assert (summary.num_frames, summary.first_frame, summary.last_frame) == (3, 0, 2)
+
+
+# ---- overlap="mask": things whose boxes overlap alike ------------------------------------------
+def crossing(offsets: tuple[int, int], order=(0, 1)):
+    """Two bands crossing in one 30 x 30 box, a diagonal one (track A) and an anti-diagonal one
+    (B), each moved right by its offset; no embeddings, one label."""
+    yy, xx = torch.meshgrid(torch.arange(100), torch.arange(100), indexing="ij")
+    inside = (yy >= 10) & (yy < 40)
+    masks = []
+    for band, offset in enumerate(offsets):
+        x = xx - 10 - offset
+        along = (x - (yy - 10)).abs() <= 2 if band == 0 else (x - (39 - yy)).abs() <= 2
+        masks.append(along & inside & (x >= 0) & (x < 30))
+    masks = torch.stack([masks[k] for k in order])
+    det = fake_detections([BOX_A] * 2, [[0.0]] * 2, [1, 1], [0.9, 0.9])
+    return replace(det, masks=masks, boxes=masks_to_boxes(masks))
+
+
+def test_mask_overlap_keeps_crossing_things_apart_where_boxes_cannot():
+    config = TrackerConfig(label_weight=0.0, overlap="mask")
+    tracker = Tracker(config)
+    a, b = tracker.step(crossing((0, 0)))
+    # next frame: both moved, given in the other order; their boxes still overlap alike
+    moved = crossing((2, -2), order=(1, 0))
+    assert tracker.step(moved) == [b, a]
+    by_box = Tracker(replace(config, overlap="box"))
+    by_box.step(crossing((0, 0)))
+    det = crossing((1, 1), order=(1, 0))
+    scores = by_box.scores_against_tracks(det.boxes, det.labels, det.scores, det.embeddings)
+    assert scores[0, 1] == scores[0, 2] and scores[1, 1] == scores[1, 2]  # a coin toss by box
+
+
+def test_mask_overlap_forgets_a_tracks_mask_with_the_track():
+    tracker = Tracker(TrackerConfig(overlap="mask", num_frames_retain=2))
+    tracker.step(crossing((0, 0)))
+    only_a = crossing((0, 0))
+    tracker.step(replace(only_a, boxes=only_a.boxes[:1], labels=only_a.labels[:1],
+                         scores=only_a.scores[:1], masks=only_a.masks[:1],
+                         embeddings=only_a.embeddings[:1]))  # fmt: skip
+    tracker.step(none(), 2)
+    assert tracker.num_kept_tracks == 1 and tracker.masks.shape == (1, 100, 100)
+    with pytest.raises(ValueError, match="overlap"):
+        TrackerConfig(overlap="centre")

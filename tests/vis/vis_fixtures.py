@@ -51,7 +51,8 @@ def fake_detections(
     labels: list[int],
     scores: list[float],
 ) -> FrameDetections:
-    """Detections with chosen boxes / embeddings, for the tracker (masks are not used by it)."""
+    """Detections with chosen boxes / embeddings, for the tracker (empty masks: a tracker of
+    overlap="mask" is given masks of its own)."""
     count = len(boxes)
     embed_dim = len(embeddings[0]) if embeddings else 3
     return FrameDetections(
