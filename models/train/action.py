@@ -27,7 +27,7 @@ from torch.utils.data import Subset
 
 from models.action.config import ActionConfig
 from models.action.model import FAMILY, ActionDetector, build_action_model
-from models.checkpoints.checkpoint import load_weights_into, read_manifest
+from models.checkpoints.checkpoint import read_manifest
 from models.data.ava import AvaBox
 from models.train.action_data import (
     ActionClips,
@@ -45,6 +45,7 @@ from models.train.loop import (
     run_loop,
     seed_everything,
     source_record,
+    start_from_init,
 )
 from models.train.vis import validate_and_publish
 
@@ -94,14 +95,7 @@ def _train_action(cfg: ActionTrainConfig) -> Path | None:
     train_videos, val_set = split_action(cfg, data)
     config = initial_config(cfg, data)
     network = build_action_model(config)
-    if cfg.init is not None:
-        manifest = load_weights_into(network, cfg.init, FAMILY)
-        if manifest.class_names != data.class_names:
-            raise ValueError(
-                f"{cfg.init}: actions {manifest.class_names} differ from the data's "
-                f"{data.class_names}"
-            )
-        log.info("starting from the weights of %s", cfg.init)
+    start_from_init(network, cfg, FAMILY, data.class_names)
     # The 3D batch norms are not synced under DDP (sync_batchnorm converts 2D ones only): each
     # rank normalises with its shard's statistics.
     model = prepare_model(network, synced_batchnorm=False)

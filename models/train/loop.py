@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from models.checkpoints.checkpoint import load_weights_into
 from models.train.distributed import current_ranks, mean_over_ranks, training_step
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,21 @@ class TrainRun:
         held = self.val_videos if len(videos) > self.val_videos else 0
         cut = len(videos) - held
         return videos[:cut], videos[cut:]
+
+
+def start_from_init(
+    network: torch.nn.Module, run: TrainRun, family: str, class_names: list[str] | None = None
+) -> None:
+    """Load run.init's weights into `network` (fine-tuning; nothing without --init), refusing a
+    checkpoint whose classes are not the data's (`class_names`; None: not checked)."""
+    if run.init is None:
+        return
+    manifest = load_weights_into(network, run.init, family)
+    if class_names is not None and manifest.class_names != class_names:
+        raise ValueError(
+            f"{run.init}: categories {manifest.class_names} differ from the data's {class_names}"
+        )
+    log.info("starting from the weights of %s", run.init)
 
 
 def seed_everything(seed: int) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from models.checkpoints.checkpoint import load_part_into, load_weights_into, read_manifest
+from models.checkpoints.checkpoint import load_part_into, read_manifest
 from models.common.image import resize_masks
 from models.data.coco_panoptic import PanopticDataset, PanopticImage, load_coco_panoptic
 from models.eval.panoptic import PqCounts, Segments, count_image, pq_metrics
@@ -47,6 +47,7 @@ from models.train.loop import (
     run_loop,
     seed_everything,
     source_record,
+    start_from_init,
 )
 from models.train.vis import validate_and_publish
 from models.train.vis_data import read_rgb
@@ -220,14 +221,7 @@ def _train_panoptic(cfg: PanopticTrainConfig) -> Path | None:
     data = PanopticData.load(cfg.data, cfg.split)
     train_videos, val_set = split_panoptic(cfg, data)
     network = build_maskformer(initial_config(cfg, data))
-    if cfg.init is not None:
-        manifest = load_weights_into(network, cfg.init, FAMILY)
-        if manifest.class_names != data.class_names:
-            raise ValueError(
-                f"{cfg.init}: categories {manifest.class_names} differ from the data's "
-                f"{data.class_names}"
-            )
-        log.info("starting from the weights of %s", cfg.init)
+    start_from_init(network, cfg, FAMILY, data.class_names)
     trunk_from = start_trunk(network, cfg.trunk_init)
     model = prepare_model(network, synced_batchnorm=True)
     frames = PanopticFrames(data)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from models.checkpoints.checkpoint import load_weights_into, read_manifest
+from models.checkpoints.checkpoint import read_manifest
 from models.data.synthetic.export import stored_fingerprint
 from models.data.ytvis import YtvisDataset, load_ytvis, merge_ytvis
 from models.train.distributed import Drawn, on_main_rank, prepare_model, process_group, sample_seed
@@ -29,6 +29,7 @@ from models.train.loop import (
     run_loop,
     seed_everything,
     source_record,
+    start_from_init,
     training_record,
 )
 from models.train.vis_data import VisPairDataset, collate_pairs, read_rgb
@@ -100,14 +101,7 @@ def _train_vis(cfg: VisTrainConfig) -> Path | None:
     class_names = [data.categories[c] for c in category_ids]
     train_ids, val_set = split_videos(cfg, data)
     network = build_masktrack_rcnn(initial_vis_config(cfg, len(class_names)))
-    if cfg.init is not None:
-        manifest = load_weights_into(network, cfg.init, "vis")
-        if manifest.class_names != class_names:
-            raise ValueError(
-                f"{cfg.init}: categories {manifest.class_names} differ from the data's "
-                f"{class_names}"
-            )
-        log.info("starting from the weights of %s", cfg.init)
+    start_from_init(network, cfg, "vis", class_names)
     # The trunk's batch norms train: under DDP their statistics are the global batch's.
     model = prepare_model(network, synced_batchnorm=True)
     label_of = {c: k + 1 for k, c in enumerate(category_ids)}

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from models.checkpoints.checkpoint import load_weights_into, read_manifest
+from models.checkpoints.checkpoint import read_manifest
 from models.checkpoints.store import CheckpointStore
 from models.data.davis import DavisDataset, DavisVideo, load_davis, read_palette_png
 from models.data.synthetic.export import stored_fingerprint
@@ -43,6 +43,7 @@ from models.train.loop import (
     run_loop,
     seed_everything,
     source_record,
+    start_from_init,
     training_record,
 )
 from models.train.vis_data import read_rgb
@@ -149,9 +150,7 @@ def _train_vos(cfg: VosTrainConfig) -> Path | None:
     train_videos, val_videos = _split(cfg, data)
     model_config = initial_vos_config(cfg)
     network = STCN(model_config)
-    if cfg.init is not None:
-        load_weights_into(network, cfg.init, FAMILY)
-        log.info("starting from the weights of %s", cfg.init)
+    start_from_init(network, cfg, FAMILY)
     # Channels-last: on a CPU the convolutions and pooling of a training step run about a fifth
     # faster; checkpoints store contiguous copies.
     # The encoders' batch norms train: under DDP their statistics are the global batch's.
