@@ -129,7 +129,7 @@ class Tracker:
         self.track_ids: list[int] = []
         self.embeddings = torch.zeros((0, 0))
         self.boxes = torch.zeros((0, 4))
-        self.masks: Tensor | None = None  # (T, H, W) bool, with overlap="mask"
+        self.masks = torch.zeros((0, 0, 0), dtype=torch.bool)  # (T, H, W), with overlap="mask"
         self.labels = torch.zeros(0, dtype=torch.int64)
         self.last_seen = torch.zeros(0, dtype=torch.int64)
         self.histories: dict[int, TrackVotes] = {}
@@ -150,9 +150,7 @@ class Tracker:
         boxes, labels, scores, embeddings = _as_cpu(detections)
         masks = detections.masks.detach().to("cpu", torch.bool) if self._by_mask else None
         assignment = self._assign(boxes, labels, scores, embeddings, masks)
-        ids = self._update(assignment, boxes, labels, scores, embeddings)
-        if masks is not None:
-            self._remember_masks(ids, masks)
+        ids = self._update(assignment, boxes, labels, scores, embeddings, masks)
         self._forget_stale()
         return ids
 
@@ -181,7 +179,7 @@ class Tracker:
         detections' (N, H, W), with overlap="mask")."""
         logits = similarity_logits(embeddings, self.embeddings)
         if self._by_mask:
-            if masks is None or self.masks is None:
+            if masks is None:
                 raise ValueError('overlap="mask" needs the detections\' masks')
             ious = mask_iou(masks, self.masks)
         else:
@@ -203,18 +201,6 @@ class Tracker:
             self.scores_against_tracks(boxes, labels, scores, embeddings, masks)
         )
 
-    def _remember_masks(self, ids: list[int], masks: Tensor) -> None:
-        """Each matched or new track's mask is this frame's (after _update: tracks in order)."""
-        if not ids:  # nothing seen: the kept masks stay as they are
-            return
-        size = tuple(masks.shape[-2:])
-        if self.masks is None or tuple(self.masks.shape[-2:]) != size:
-            self.masks = torch.zeros((0, *size), dtype=torch.bool)
-        missing = len(self.track_ids) - len(self.masks)
-        self.masks = torch.cat([self.masks, self.masks.new_zeros((missing, *size))])
-        for det, track_id in enumerate(ids):
-            self.masks[self.track_ids.index(track_id)] = masks[det]
-
     def _update(
         self,
         assignment: list[int],
@@ -222,15 +208,20 @@ class Tracker:
         labels: Tensor,
         scores: Tensor,
         embeddings: Tensor,
+        masks: Tensor | None,
     ) -> list[int]:
         if not self.track_ids:
             self.embeddings = embeddings.new_zeros((0, embeddings.shape[1]))
+            if masks is not None:
+                self.masks = masks.new_zeros((0, *masks.shape[-2:]))
         ids = []
         for det, track_index in enumerate(assignment):
             if track_index == NEW_OBJECT:
                 track_index = self._new_track(embeddings[det])
             self.embeddings[track_index] = embeddings[det]
             self.boxes[track_index] = boxes[det]
+            if masks is not None:
+                self.masks[track_index] = masks[det]
             self.labels[track_index] = labels[det]
             self.last_seen[track_index] = self.frame_index
             track_id = self.track_ids[track_index]
@@ -244,6 +235,8 @@ class Tracker:
         self.track_ids.append(track_id)
         self.embeddings = torch.cat([self.embeddings, embedding[None]])
         self.boxes = torch.cat([self.boxes, self.boxes.new_zeros((1, 4))])
+        if self._by_mask:
+            self.masks = torch.cat([self.masks, self.masks.new_zeros((1, *self.masks.shape[1:]))])
         self.labels = torch.cat([self.labels, self.labels.new_zeros(1)])
         self.last_seen = torch.cat([self.last_seen, self.last_seen.new_zeros(1)])
         self.histories[track_id] = TrackVotes()
@@ -259,7 +252,7 @@ class Tracker:
         self.boxes = self.boxes[keep]
         self.labels = self.labels[keep]
         self.last_seen = self.last_seen[keep]
-        if self.masks is not None:
+        if self._by_mask:
             self.masks = self.masks[keep]
         # A forgotten track is never matched again: its history is final. Keep the newest
         # max_finished_tracks of them for summaries(), drop the rest.

@@ -8,7 +8,8 @@ segment-id map (models.panoptic.inference), so they never overlap.
 One checkpoint serves two models on one forward (one copy of the weights, shared batches):
 `<name>`, per frame (any frame, any worker), and `<name>-video`, video panoptic: tracked, stateful
 (pinned to a worker as `masktrack` is), whose things carry track ids from the VIS family's
-Tracker, fed per thing with the box of its mask, its category and score (THING_TRACKER below).
+Tracker, fed per thing with its mask (and the mask's box), category and score (THING_TRACKER
+below).
 Stuff carries no track id.
 """
 
