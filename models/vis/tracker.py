@@ -6,7 +6,8 @@ Match score of detection i and kept track j (MMTracking MaskTrackRCNNTracker):
 with logits = [0 ("new object"), dot(embedding_i, track_embedding_j) ...]; for the "new" column the
 IoU is 0 and the label term is 1. A track not seen for 20 frames is forgotten; frame 0 resets.
 The IoU is of boxes, as in the reference, or (`overlap="mask"`) of masks: a detection's mask
-against the track's last one, for models whose things cross and whose boxes then overlap alike.
+against the track's last ones (the larger IoU, of its `mask_memory` latest), for models whose
+things cross and whose boxes then overlap alike.
 
 Unlike the reference, which lets each detection take its best column and so can give two
 detections one id (a TODO there), ids are assigned one-to-one: a linear assignment maximising
@@ -43,13 +44,19 @@ class TrackerConfig:
     # Summaries kept of forgotten tracks (the most recent ones), so that a long live stream with
     # objects coming and going keeps bounded state; the kept tracks' own are always there.
     max_finished_tracks: int = 256
-    # What the IoU term compares: "box" (the reference) or "mask" (each track keeps its last
-    # mask: H x W bools a kept track).
+    # What the IoU term compares: "box" (the reference) or "mask" (each track keeps its latest
+    # masks: mask_memory x H x W bools a kept track).
     overlap: str = "box"
+    # With overlap="mask": how many of a track's latest masks a detection is compared with, the
+    # largest IoU counting. More than one lets a track outlive one bad frame (a thing segmented
+    # as half of itself, or with a neighbour) without losing its place to its neighbour.
+    mask_memory: int = 1
 
     def __post_init__(self) -> None:
         if self.overlap not in ("box", "mask"):
             raise ValueError(f"overlap must be 'box' or 'mask', got {self.overlap!r}")
+        if self.mask_memory < 1:
+            raise ValueError(f"mask_memory must be at least 1, got {self.mask_memory}")
 
 
 @dataclass
@@ -129,7 +136,9 @@ class Tracker:
         self.track_ids: list[int] = []
         self.embeddings = torch.zeros((0, 0))
         self.boxes = torch.zeros((0, 4))
-        self.masks = torch.zeros((0, 0, 0), dtype=torch.bool)  # (T, H, W), with overlap="mask"
+        # (T, mask_memory, H, W) with overlap="mask", newest first; a slot not filled yet is empty
+        # (IoU 0).
+        self.masks = torch.zeros((0, self.config.mask_memory, 0, 0), dtype=torch.bool)
         self.labels = torch.zeros(0, dtype=torch.int64)
         self.last_seen = torch.zeros(0, dtype=torch.int64)
         self.histories: dict[int, TrackVotes] = {}
@@ -181,7 +190,8 @@ class Tracker:
         if self._by_mask:
             if masks is None:
                 raise ValueError('overlap="mask" needs the detections\' masks')
-            ious = mask_iou(masks, self.masks)
+            ious = mask_iou(masks, self.masks.flatten(0, 1))
+            ious = ious.view(len(masks), *self.masks.shape[:2]).amax(dim=2)
         else:
             ious = box_iou(boxes, self.boxes)
         same_label = labels[:, None] == self.labels[None, :]
@@ -213,7 +223,7 @@ class Tracker:
         if not self.track_ids:
             self.embeddings = embeddings.new_zeros((0, embeddings.shape[1]))
             if masks is not None:
-                self.masks = masks.new_zeros((0, *masks.shape[-2:]))
+                self.masks = masks.new_zeros((0, self.config.mask_memory, *masks.shape[-2:]))
         ids = []
         for det, track_index in enumerate(assignment):
             if track_index == NEW_OBJECT:
@@ -221,7 +231,8 @@ class Tracker:
             self.embeddings[track_index] = embeddings[det]
             self.boxes[track_index] = boxes[det]
             if masks is not None:
-                self.masks[track_index] = masks[det]
+                kept = self.masks[track_index, :-1]  # newest first: the oldest drops out
+                self.masks[track_index] = torch.cat([masks[det][None], kept])
             self.labels[track_index] = labels[det]
             self.last_seen[track_index] = self.frame_index
             track_id = self.track_ids[track_index]

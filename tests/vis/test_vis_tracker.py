@@ -171,6 +171,31 @@ def test_mask_overlap_forgets_a_tracks_mask_with_the_track():
                          scores=only_a.scores[:1], masks=only_a.masks[:1],
                          embeddings=only_a.embeddings[:1]))  # fmt: skip
     tracker.step(none(), 2)
-    assert tracker.num_kept_tracks == 1 and tracker.masks.shape == (1, 100, 100)
+    assert tracker.num_kept_tracks == 1 and tracker.masks.shape == (1, 1, 100, 100)
     with pytest.raises(ValueError, match="overlap"):
         TrackerConfig(overlap="centre")
+    with pytest.raises(ValueError, match="mask_memory"):
+        TrackerConfig(overlap="mask", mask_memory=0)
+
+
+def columns(*spans: tuple[int, int]):
+    """One thing a span: rows 10-39, columns [start, stop); no embeddings, one label."""
+    masks = torch.zeros((len(spans), 100, 100), dtype=torch.bool)
+    for k, (start, stop) in enumerate(spans):
+        masks[k, 10:40, start:stop] = True
+    det = fake_detections([BOX_A] * len(spans), [[0.0]] * len(spans), [1] * len(spans),
+                          [0.9] * len(spans))  # fmt: skip
+    return replace(det, masks=masks, boxes=masks_to_boxes(masks))
+
+
+@pytest.mark.parametrize("memory, keeps_its_track", [(1, False), (2, True)])
+def test_mask_memory_lets_a_track_outlive_one_bad_frame(memory, keeps_its_track):
+    tracker = Tracker(TrackerConfig(label_weight=0.0, overlap="mask", mask_memory=memory))
+    (thing,) = tracker.step(columns((10, 30)))
+    tracker.step(columns((10, 12)))  # a bad frame: the thing segmented as a sliver of itself
+    # The thing whole again, and a small new one by the sliver: it overlaps the sliver more
+    # (1/6) than the thing does (1/20), the thing's earlier mask far less (1/24 against 19/20).
+    ids = tracker.step(columns((11, 30), (6, 11)))
+    assert (ids[0] == thing) is keeps_its_track
+    assert (ids[1] == thing) is not keeps_its_track
+    assert tracker.masks.shape == (2, memory, 100, 100)
