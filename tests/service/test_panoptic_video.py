@@ -75,7 +75,8 @@ def test_things_carry_track_ids_and_stuff_none(tracked):
 def test_the_per_frame_name_answers_the_same_segments_without_track_ids(
     panoptic_server, video_file, tracked
 ):
-    response = segment(panoptic_server, video_file, MODEL)
+    # the video name's default threshold (VideoPanopticRunner), asked of the per-frame name
+    response = segment(panoptic_server, video_file, MODEL, {"score_threshold": "0.8"})
     assert response.status_code == 200, response.text
     plain = response.json()
     assert plain["tracks"] == []
@@ -84,6 +85,20 @@ def test_the_per_frame_name_answers_the_same_segments_without_track_ids(
         # One forward serves both (batches may differ in size: compare what cannot drift).
         assert [(s["id"], s["category"], s["isthing"]) for s in frame["segments"]] == [
             (s["id"], s["category"], s["isthing"]) for s in tracked_frame["segments"]
+        ]
+
+
+def test_the_video_name_leaves_out_segments_under_0_8_unless_asked(
+    panoptic_server, video_file, tracked
+):
+    plain = segment(panoptic_server, video_file, MODEL).json()
+    scores = [s["score"] for f in plain["frames"] for s in f["segments"]]
+    assert min(scores) < 0.8 <= max(scores), "the tiny model should score on both sides of 0.8"
+    assert all(s["score"] >= 0.8 for f in tracked["frames"] for s in f["segments"])
+    every = segment(panoptic_server, video_file, VIDEO, {"score_threshold": "0"}).json()
+    for frame, plain_frame in zip(every["frames"], plain["frames"], strict=True):
+        assert [(s["id"], s["category"]) for s in frame["segments"]] == [
+            (s["id"], s["category"]) for s in plain_frame["segments"]
         ]
 
 
