@@ -70,15 +70,21 @@ class PanopticRunner(FrameRunner):
         return [FrameOutput(item.index, item.time, segments=segments)]
 
     def segment(
-        self, ids: np.ndarray, segment: PanopticSegment, track_id: int | None = None
+        self,
+        ids: np.ndarray,
+        segment: PanopticSegment,
+        track_id: int | None = None,
+        mask: np.ndarray | None = None,
     ) -> Segment:
+        """The answer's segment; `mask` (ids == segment.id) when the caller already has it."""
+        mask = ids == segment.id if mask is None else mask
         return Segment(
             id=segment.id,
             category=self.classes[segment.category],
             isthing=segment.isthing,
             score=segment.score,
             area=segment.area,
-            mask=Mask.model_validate(encode_mask(ids == segment.id)),
+            mask=Mask.model_validate(encode_mask(mask)),
             track_id=track_id,
         )
 
@@ -112,9 +118,11 @@ class VideoPanopticRunner(PanopticRunner):
         detections = thing_detections(ids, things, EMBEDDING_TEMPERATURE)
         tracked = session.tracker.step(detections, item.index)
         track_ids = {thing.id: track_id for thing, track_id in zip(things, tracked, strict=True)}
+        # the things' masks were made once, for the tracker; the answer encodes the same ones
+        masks = dict(zip([thing.id for thing in things], detections.masks.numpy(), strict=True))
         session.frame_size = item.image.shape[:2]
         pixels = ids.numpy()
-        segments = [self.segment(pixels, s, track_ids.get(s.id)) for s in kept]
+        segments = [self.segment(pixels, s, track_ids.get(s.id), masks.get(s.id)) for s in kept]
         return [FrameOutput(item.index, item.time, segments=segments)]
 
 
