@@ -94,13 +94,18 @@ class TrainRun:
 
 
 def start_from_init(
-    network: torch.nn.Module, run: TrainRun, family: str, class_names: list[str] | None = None
+    network: torch.nn.Module,
+    run: TrainRun,
+    family: str,
+    class_names: list[str] | None = None,
+    new_parts: tuple[str, ...] = (),
 ) -> None:
     """Load run.init's weights into `network` (fine-tuning; nothing without --init), refusing a
-    checkpoint whose classes are not the data's (`class_names`; None: not checked)."""
+    checkpoint whose classes are not the data's (`class_names`; None: not checked). `new_parts`:
+    parameter prefixes the run adds to the checkpoint's architecture (they start as built)."""
     if run.init is None:
         return
-    manifest = load_weights_into(network, run.init, family)
+    manifest = load_weights_into(network, run.init, family, new_parts)
     if class_names is not None and manifest.class_names != class_names:
         raise ValueError(
             f"{run.init}: categories {manifest.class_names} differ from the data's {class_names}"
