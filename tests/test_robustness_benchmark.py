@@ -51,3 +51,9 @@ def test_every_figure_from_the_served_answers(server, held_out):
     assert len(figures) == 7
     for name, value in figures.items():
         assert value >= 0 and (value <= 1 or "per" in name), (name, value)
+    # --sets classic: the figures of that set alone.
+    classic = {"masktrack": {"classic": results["masktrack"]["classic"]}, "stcn": {}}
+    assert set(headline(classic)) == {
+        "masktrack YouTube-VIS AP (classic)",
+        "masktrack id switches per track (classic)",
+    }

@@ -273,7 +273,18 @@ class Tracker:
 
 
 def mask_iou(masks: Tensor, others: Tensor) -> Tensor:
-    """(N, M) IoU of bool masks (N, H, W) and (M, H, W)."""
+    """(N, M) IoU of bool masks (N, H, W) and (M, H, W).
+
+    Only the rows and columns where some mask is set are compared (the IoU is the same): the
+    float copies for the product then cost the objects' extent, not the frame's (a 1080p frame
+    is 8 MB a mask in float)."""
+    if masks.numel() and others.numel():
+        covered = masks.any(0) | others.any(0)
+        rows, cols = covered.any(1).nonzero(), covered.any(0).nonzero()
+        if len(rows) == 0:
+            return masks.new_zeros((masks.shape[0], others.shape[0]), dtype=torch.float32)
+        top, bottom, left, right = rows[0, 0], rows[-1, 0] + 1, cols[0, 0], cols[-1, 0] + 1
+        masks, others = masks[:, top:bottom, left:right], others[:, top:bottom, left:right]
     a, b = masks.flatten(1).float(), others.flatten(1).float()
     inter = a @ b.T
     union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter

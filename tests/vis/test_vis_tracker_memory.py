@@ -3,9 +3,11 @@ it changes no id and no summary of a kept track."""
 
 import random
 
+import torch
 from vis_fixtures import fake_detections
 
 from models.vis import Tracker, TrackerConfig
+from models.vis.tracker import mask_iou
 
 LIFETIME = 5  # frames each object is on screen
 
@@ -84,3 +86,18 @@ def test_frame_zero_forgets_the_finished_tracks_too():
     assert tracker.finished
     tracker.step(next(stream(1))[1], 0)
     assert [s.track_id for s in tracker.summaries()] == [0] and not tracker.finished
+
+
+def test_mask_iou_compares_only_where_masks_are_set_and_gives_the_full_frames_iou():
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.zeros(3, 60, 80, dtype=torch.bool)
+    others = torch.zeros(2, 60, 80, dtype=torch.bool)
+    masks[:, 10:30, 20:50] = torch.rand(3, 20, 30, generator=generator) > 0.5
+    others[:, 25:40, 40:70] = torch.rand(2, 15, 30, generator=generator) > 0.5
+    a, b = masks.flatten(1).float(), others.flatten(1).float()
+    inter = a @ b.T
+    expected = inter / (a.sum(1)[:, None] + b.sum(1)[None] - inter)
+    torch.testing.assert_close(mask_iou(masks, others), expected)
+    empty = torch.zeros(2, 60, 80, dtype=torch.bool)
+    assert torch.equal(mask_iou(empty, empty), torch.zeros(2, 2))
+    assert mask_iou(masks[:0], others).shape == (0, 2)
