@@ -597,24 +597,12 @@ def train_vis_command(
         ),
     ] = False,
     init: InitOption = None,
-    mask_refine_channels: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            help="Width of the image-guided mask refinement (the mask head also reads the "
-            "RoI's pixels); 0: torchvision's mask head. With --init from a checkpoint without "
-            "it, the refinement is added and starts as a no-op.",
-            show_default="the small configuration's, or --init's",
-        ),
-    ] = None,
     redis_url: RedisOption = None,
 ) -> None:
     """Train MaskTrack R-CNN (small CPU configuration), evaluate YouTube-VIS AP on held-out
     videos, publish to the store. Under `torchrun --nproc-per-node N` it trains with DDP (NCCL
     on GPUs, gloo on CPUs), each process on its share of every batch; rank 0 publishes."""
     options = _with_extra_data(dict(locals()))
-    refine = options.pop("mask_refine_channels")
-    options["model_overrides"] = {} if refine is None else {"mask_refine_channels": refine}
     from models.train.vis import VisTrainConfig, train_vis
 
     _train_and_publish(lambda: train_vis(_run_config(VisTrainConfig, options)))

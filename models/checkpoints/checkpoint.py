@@ -103,23 +103,12 @@ def load_checkpoint(
     return LoadedCheckpoint(model, manifest, folder)
 
 
-def load_weights_into(
-    model: nn.Module, path: Path | str, family: str, new_parts: tuple[str, ...] = ()
-) -> Manifest:
+def load_weights_into(model: nn.Module, path: Path | str, family: str) -> Manifest:
     """Start `model` from a published checkpoint's weights (a fine-tuning run's --init): the
-    checkpoint verified as load_checkpoint verifies it, its names and shapes exactly the model's,
-    except parameters under the prefixes `new_parts` (parts the run adds to the checkpoint's
-    architecture), which the checkpoint must not have and which keep their initialisation.
+    checkpoint verified as load_checkpoint verifies it, its names and shapes exactly the model's.
     Returns its manifest."""
     folder = Path(path)
     manifest, state = _read_checked(folder, family)
-    if new_parts:
-        added = {
-            name: value
-            for name, value in model.state_dict().items()
-            if name.startswith(new_parts) and name not in state
-        }
-        state = {**state, **added}
     _load_exactly(model, state, folder)
     return manifest
 

@@ -10,7 +10,6 @@ be 0).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,18 +26,10 @@ from models.common.backbones import backbone_names, build_backbone, freeze_batch
 from models.common.config import ManifestConfig, require
 from models.common.detections import FrameDetections, to_input_pixels
 from models.common.image import IMAGENET_MEAN, IMAGENET_STD, Frame, prepare_batch
-from models.common.mask_refine import (
-    REFINE_PREFIX,
-    PixelPassingMaskHeads,
-    PixelsAndFeaturesRoIAlign,
-    RefiningMaskPredictor,
-    with_image,
-)
 from models.common.roi_align import multiscale_roi_align
 
 BOX_ROI_SIZE = 7  # torchvision's box RoIAlign output
 MASK_ROI_SIZE = 14  # torchvision's mask RoIAlign output
-MASK_GRID_SIZE = 2 * MASK_ROI_SIZE  # the mask predictor's output (and its targets') grid
 GROUP_NORM_GROUPS = 16
 
 
@@ -86,9 +77,6 @@ class DetectorConfig(ManifestConfig):
     box_detections_per_img: int = 100
 
     mask_head_channels: int = 256
-    # > 0: the mask predictor also reads the RoI's pixels and refines its logits with convs of
-    # this width (models.common.mask_refine); 0: torchvision's head, as public checkpoints are.
-    mask_refine_channels: int = 0
     mask_threshold: float = 0.5
     # The score threshold a served session starts with (its score_threshold option overrides
     # it): 0.5, or what `vidserve train vis-calibrate` chose on validation videos with negatives.
@@ -110,7 +98,6 @@ class DetectorConfig(ManifestConfig):
         require(self.box_head_convs >= 0, "box_head_convs must be >= 0")
         require(self.box_head_norm in ("group", "batch"), "box_head_norm: 'group' or 'batch'")
         require(self.roi_sampling_ratio >= 0, "roi_sampling_ratio must be >= 0 (0: adaptive)")
-        require(self.mask_refine_channels >= 0, "mask_refine_channels must be >= 0 (0: none)")
 
 
 # --- the parts ----------------------------------------------------------------------------------
@@ -169,43 +156,15 @@ def box_head(config: DetectorConfig, channels: int) -> nn.Module:
     )
 
 
-def mask_roi_pool(config: DetectorConfig) -> nn.Module:
-    """The mask branch's RoIAlign; with refinement it also cuts the RoI's pixels, which the
-    model then passes as features[IMAGE_KEY] (mask_features)."""
-    features_pool = roi_pool(config, MASK_ROI_SIZE)
-    if config.mask_refine_channels == 0:
-        return features_pool
-    return PixelsAndFeaturesRoIAlign(features_pool, MASK_GRID_SIZE, config.roi_align_aligned)
-
-
 def mask_head(config: DetectorConfig, channels: int) -> MaskRCNNHeads:
     """The 4-conv mask head (3x3 convs with bias, ReLU)."""
-    head_type = PixelPassingMaskHeads if config.mask_refine_channels else MaskRCNNHeads
-    return head_type(channels, [config.mask_head_channels] * 4, 1)
+    return MaskRCNNHeads(channels, [config.mask_head_channels] * 4, 1)
 
 
 def mask_predictor(config: DetectorConfig) -> MaskRCNNPredictor:
-    """Deconv x2 + per-class 1x1 logits, a channel for background too as torchvision counts;
-    with refinement, plus the residual from the RoI's pixels."""
+    """Deconv x2 + per-class 1x1 logits, a channel for background too as torchvision counts."""
     width = config.mask_head_channels
-    if config.mask_refine_channels:
-        return RefiningMaskPredictor(
-            width, width, config.num_classes + 1, config.mask_refine_channels
-        )
     return MaskRCNNPredictor(width, width, config.num_classes + 1)
-
-
-def mask_features(config: DetectorConfig, features: OrderedDict, images: Tensor) -> OrderedDict:
-    """What the mask branch reads: the FPN features, and the network input when it refines."""
-    return with_image(features, images) if config.mask_refine_channels else features
-
-
-def parts_added(before: dict[str, Any], after: DetectorConfig) -> tuple[str, ...]:
-    """Parameter prefixes that `after` has and a checkpoint of architecture `before` lacks (a
-    fine-tuning run that adds the mask refinement starts it from its initialisation)."""
-    if after.mask_refine_channels and not before.get("mask_refine_channels", 0):
-        return (REFINE_PREFIX,)
-    return ()
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:

@@ -28,11 +28,10 @@ from torchvision.ops import generalized_box_iou_loss
 
 from models.common.detection import (
     BOX_ROI_SIZE,
-    MASK_GRID_SIZE,
+    MASK_ROI_SIZE,
     box_head,
     mask_head,
     mask_predictor,
-    mask_roi_pool,
     roi_pool,
 )
 from models.instance.config import InstanceConfig
@@ -80,10 +79,8 @@ class CascadeRoIHeads(nn.Module):
     ) -> list[Tensor]:
         """Each detection's mask probabilities (N, 1, 28, 28): the mean over the stages."""
         if sum(len(image_boxes) for image_boxes in boxes) == 0:
-            return [
-                image_boxes.new_zeros((0, 1, MASK_GRID_SIZE, MASK_GRID_SIZE))
-                for image_boxes in boxes
-            ]
+            size = 2 * MASK_ROI_SIZE
+            return [image_boxes.new_zeros((0, 1, size, size)) for image_boxes in boxes]
         per_stage = []
         for stage in self.stages:
             logits = stage.mask_predictor(
@@ -171,7 +168,7 @@ def _stage(
         score_thresh=config.box_score_thresh,
         nms_thresh=config.box_nms_thresh,
         detections_per_img=config.box_detections_per_img,
-        mask_roi_pool=mask_roi_pool(config),
+        mask_roi_pool=roi_pool(config, MASK_ROI_SIZE),
         mask_head=mask_head(config, channels),
         mask_predictor=mask_predictor(config),
     )

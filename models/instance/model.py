@@ -18,7 +18,6 @@ from models.common.detection import (
     TwoStageDetector,
     detector_backbone,
     keep_min_score,
-    mask_features,
     probe_detector,
     region_proposal_network,
 )
@@ -53,9 +52,7 @@ class CascadeMaskRCNN(TwoStageDetector):
         proposals, _ = self.rpn(ImageList(images, image_sizes), features)
         boxes, scores, labels = self.roi_heads.detect_boxes(features, proposals, image_sizes)
         boxes, scores, labels = keep_min_score(boxes, scores, labels, min_score)
-        mask_probs = self.roi_heads.mask_probs(
-            mask_features(self.config, features, images), boxes, labels, image_sizes
-        )
+        mask_probs = self.roi_heads.mask_probs(features, boxes, labels, image_sizes)
         return [
             {
                 "boxes": b,
@@ -80,12 +77,7 @@ class CascadeMaskRCNN(TwoStageDetector):
         features = self.backbone(batch.tensor)
         image_list = ImageList(batch.tensor, batch.image_sizes)
         proposals, rpn_losses = self.rpn(image_list, features, prepared)
-        head_losses = self.roi_heads.losses(
-            mask_features(self.config, features, batch.tensor),
-            proposals,
-            batch.image_sizes,
-            prepared,
-        )
+        head_losses = self.roi_heads.losses(features, proposals, batch.image_sizes, prepared)
         return {**rpn_losses, **head_losses}
 
 

@@ -94,18 +94,13 @@ class TrainRun:
 
 
 def start_from_init(
-    network: torch.nn.Module,
-    run: TrainRun,
-    family: str,
-    class_names: list[str] | None = None,
-    new_parts: tuple[str, ...] = (),
+    network: torch.nn.Module, run: TrainRun, family: str, class_names: list[str] | None = None
 ) -> None:
     """Load run.init's weights into `network` (fine-tuning; nothing without --init), refusing a
-    checkpoint whose classes are not the data's (`class_names`; None: not checked). `new_parts`:
-    parameter prefixes the run adds to the checkpoint's architecture (they start as built)."""
+    checkpoint whose classes are not the data's (`class_names`; None: not checked)."""
     if run.init is None:
         return
-    manifest = load_weights_into(network, run.init, family, new_parts)
+    manifest = load_weights_into(network, run.init, family)
     if class_names is not None and manifest.class_names != class_names:
         raise ValueError(
             f"{run.init}: categories {manifest.class_names} differ from the data's {class_names}"

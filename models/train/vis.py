@@ -17,7 +17,6 @@ import torch
 from torch.utils.data import Subset
 
 from models.checkpoints.checkpoint import read_manifest
-from models.common.detection import parts_added
 from models.data.synthetic.export import stored_fingerprint
 from models.data.ytvis import YtvisDataset, load_ytvis, merge_ytvis
 from models.train.distributed import Drawn, on_main_rank, prepare_model, process_group, sample_seed
@@ -101,10 +100,8 @@ def _train_vis(cfg: VisTrainConfig) -> Path | None:
     category_ids = sorted(data.categories)
     class_names = [data.categories[c] for c in category_ids]
     train_ids, val_set = split_videos(cfg, data)
-    config = initial_vis_config(cfg, len(class_names))
-    network = build_masktrack_rcnn(config)
-    added = () if cfg.init is None else parts_added(read_manifest(cfg.init).architecture, config)
-    start_from_init(network, cfg, "vis", class_names, new_parts=added)
+    network = build_masktrack_rcnn(initial_vis_config(cfg, len(class_names)))
+    start_from_init(network, cfg, "vis", class_names)
     # The trunk's batch norms train: under DDP their statistics are the global batch's.
     model = prepare_model(network, synced_batchnorm=True)
     label_of = {c: k + 1 for k, c in enumerate(category_ids)}

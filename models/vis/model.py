@@ -21,17 +21,14 @@ from torchvision.models.detection.roi_heads import maskrcnn_inference
 
 from models.common.detection import (
     BOX_ROI_SIZE,
-    MASK_GRID_SIZE,
     MASK_ROI_SIZE,
     TwoStageDetector,
     anchor_generator,
     box_head,
     detector_backbone,
     keep_min_score,
-    mask_features,
     mask_head,
     mask_predictor,
-    mask_roi_pool,
     probe_detector,
     region_proposal_network,
     roi_pool,
@@ -85,9 +82,7 @@ class MaskTrackRCNN(TwoStageDetector):
         proposals, _ = self.rpn(ImageList(images, image_sizes), features)
         boxes, scores, labels = self._detect_boxes(features, proposals, image_sizes)
         boxes, scores, labels = keep_min_score(boxes, scores, labels, min_score)
-        mask_probs = self._mask_probs(
-            mask_features(self.config, features, images), boxes, labels, image_sizes
-        )
+        mask_probs = self._mask_probs(features, boxes, labels, image_sizes)
         embeddings = self.track_head(features, boxes, image_sizes).split([len(b) for b in boxes])
         return [
             {"boxes": b, "scores": s, "labels": lab, "mask_probs": m, "embeddings": e}
@@ -117,10 +112,8 @@ class MaskTrackRCNN(TwoStageDetector):
         """The RoI mask probabilities (N, 1, 28, 28) of each detection's own class."""
         heads = self.roi_heads
         if sum(len(image_boxes) for image_boxes in boxes) == 0:
-            return [
-                image_boxes.new_zeros((0, 1, MASK_GRID_SIZE, MASK_GRID_SIZE))
-                for image_boxes in boxes
-            ]
+            size = 2 * heads.mask_roi_pool.output_size[0]
+            return [image_boxes.new_zeros((0, 1, size, size)) for image_boxes in boxes]
         mask_features = heads.mask_head(heads.mask_roi_pool(features, boxes, image_sizes))
         return list(maskrcnn_inference(heads.mask_predictor(mask_features), labels))
 
@@ -167,8 +160,7 @@ class MaskTrackRCNN(TwoStageDetector):
         key_t, ref_t = targets[key], targets[ref]
         key_list = ImageList(batch.tensor[key], key_sizes)
         proposals, rpn_losses = self.rpn(key_list, key_features, key_t)
-        heads_features = mask_features(self.config, key_features, batch.tensor[key])
-        _, detector_losses = self.roi_heads(heads_features, proposals, key_sizes, key_t)
+        _, detector_losses = self.roi_heads(key_features, proposals, key_sizes, key_t)
         track_loss = self.track_head.loss(
             key_features, proposals, key_t, key_sizes, ref_features, ref_t, ref_sizes
         )
@@ -197,7 +189,7 @@ def _torchvision_mask_rcnn(config: VisConfig) -> MaskRCNN:
     """
     backbone = detector_backbone(config)
     channels = backbone.out_channels
-    detector = MaskRCNN(
+    return MaskRCNN(
         backbone,
         num_classes=None,
         min_size=config.image_short_edge,
@@ -223,7 +215,3 @@ def _torchvision_mask_rcnn(config: VisConfig) -> MaskRCNN:
         mask_head=mask_head(config, channels),
         mask_predictor=mask_predictor(config),
     )
-    # MaskRCNN accepts only a MultiScaleRoIAlign here; with refinement the mask branch's pool
-    # also cuts the RoI's pixels (the same RoIAlign otherwise).
-    detector.roi_heads.mask_roi_pool = mask_roi_pool(config)
-    return detector
