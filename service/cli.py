@@ -596,6 +596,14 @@ def train_vis_command(
             "detector what is not an object (the reference drops such frames)."
         ),
     ] = False,
+    input_size: Annotated[
+        str | None,
+        typer.Option(
+            help="The network's input size, LONGxSHORT edges (e.g. 480x360): frames are scaled "
+            "to fit it. Also with --init (a larger input for finer masks).",
+            show_default="320x240, or --init's",
+        ),
+    ] = None,
     init: InitOption = None,
     redis_url: RedisOption = None,
 ) -> None:
@@ -603,9 +611,26 @@ def train_vis_command(
     videos, publish to the store. Under `torchrun --nproc-per-node N` it trains with DDP (NCCL
     on GPUs, gloo on CPUs), each process on its share of every batch; rank 0 publishes."""
     options = _with_extra_data(dict(locals()))
+    options["model_overrides"] = _input_size_overrides(options.pop("input_size"))
     from models.train.vis import VisTrainConfig, train_vis
 
     _train_and_publish(lambda: train_vis(_run_config(VisTrainConfig, options)))
+
+
+def _input_size_overrides(spec: str | None) -> dict:
+    """--input-size LONGxSHORT -> the detector config's image edges ({} without it)."""
+    if spec is None:
+        return {}
+    parts = spec.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 32 for p in parts):
+        raise typer.BadParameter(
+            f"{spec!r}: expected LONGxSHORT in pixels, each at least 32 (e.g. 480x360)",
+            param_hint="--input-size",
+        )
+    long_edge, short_edge = (int(p) for p in parts)
+    if short_edge > long_edge:
+        raise typer.BadParameter(f"{spec!r}: the long edge comes first", param_hint="--input-size")
+    return {"image_long_edge": long_edge, "image_short_edge": short_edge}
 
 
 @train_app.command("instance")
@@ -900,19 +925,43 @@ def retune_vos_command(
         Path,
         typer.Option(exists=True, help="Held-out DAVIS-format dataset, every frame annotated."),
     ],
-    mem_every: Annotated[int, typer.Option(min=1, help="Memorise every n-th frame.")],
+    mem_every: Annotated[
+        int | None, typer.Option(min=1, help="Memorise every n-th frame.", show_default=False)
+    ] = None,
+    short_edge: Annotated[
+        int | None,
+        typer.Option(
+            min=16,
+            help="Work at this short side: larger frames are scaled down to it.",
+            show_default=False,
+        ),
+    ] = None,
+    upscale: Annotated[
+        bool | None,
+        typer.Option(
+            "--upscale/--no-upscale",
+            help="Scale smaller frames up to the short side too.",
+            show_default=False,
+        ),
+    ] = None,
     name: Annotated[str, typer.Option(help="Model name in the store.")] = "stcn",
     version: FromVersionOption = None,
     val_split: ValSplitOption = "val",
     redis_url: RedisOption = None,
 ) -> None:
-    """Publish a VOS checkpoint's weights again with another mem_every (an inference setting:
-    training never reads it), J&F re-measured on --val; the manifest records the change."""
+    """Publish a VOS checkpoint's weights again with other inference settings (mem_every, the
+    working size; unchanged where not given), J&F re-measured on --val; the manifest records the
+    change."""
     from models.train.vos import retune_vos
 
-    _train_and_publish(
-        lambda: retune_vos(store, name, mem_every, val, val_split, version, redis_url)
-    )
+    given = {"mem_every": mem_every, "short_edge": short_edge, "upscale": upscale}
+    changes = {key: value for key, value in given.items() if value is not None}
+    if not changes:
+        raise typer.BadParameter(
+            "nothing to change: give --mem-every, --short-edge or --upscale",
+            param_hint="--mem-every",
+        )
+    _train_and_publish(lambda: retune_vos(store, name, changes, val, val_split, version, redis_url))
 
 
 @train_app.command("vis-calibrate")

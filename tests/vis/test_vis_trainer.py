@@ -182,6 +182,56 @@ def test_fine_tune_on_a_mix_with_negatives(dataset, negatives, tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_fine_tune_at_a_larger_input_keeps_the_weights_and_records_the_size(dataset, tmp_path):
+    import torch
+
+    root, _ = dataset
+    start = train_vis(config(root, tmp_path, iters=2))
+    larger = {"image_long_edge": 192, "image_short_edge": 144}
+    folder = train_vis(
+        config(
+            root,
+            tmp_path,
+            iters=1,
+            lr=0.0,
+            init=start,
+            model_overrides=larger,
+            store=tmp_path / "larger",
+            work_dir=tmp_path / "work-larger",
+        )
+    )
+    architecture = json.loads((folder / "manifest.json").read_text())["architecture"]
+    assert {k: architecture[k] for k in larger} == larger
+    before, after = load_checkpoint(start).model, load_checkpoint(folder).model
+    for (name, a), (_, b) in zip(before.named_parameters(), after.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    # The frames (128x96) are scaled up to the new input for the network, answered at theirs.
+    from models.common.image import prepare_batch
+
+    frame = read_rgb(root / "ytvis" / "JPEGImages" / "vid0000" / "00000.jpg")
+    edges = {"long_edge": 192, "short_edge": 144}
+    assert [tuple(s) for s in prepare_batch([frame], **edges).image_sizes] == [(144, 192)]
+    assert after.config.image_long_edge == 192 and after.config.image_short_edge == 144
+    assert after.eval().detect([frame], min_score=0.0)[0].image_size == (96, 128)
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [("480", "expected LONGxSHORT"), ("360x480", "long edge comes first"), ("16x12", "at least")],
+)
+def test_cli_rejects_a_bad_input_size(dataset, tmp_path, size, message):
+    root, _ = dataset
+    command = ["train", "vis", "--data", str(root), "--out", str(tmp_path), "--input-size", size]
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and message in " ".join(result.stderr.split())
+    assert not (tmp_path / "vis").exists()
+
+
 def test_calibrate_publishes_the_threshold_the_negatives_allow(dataset, negatives, tmp_path):
     import torch
 
