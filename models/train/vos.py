@@ -247,29 +247,42 @@ def _validate_and_publish(
     )
 
 
+# What a retune may change: settings inference reads and training never does (the working
+# resolution does reach training's crops, but a retune keeps the weights as they were trained).
+RETUNABLE = ("mem_every", "short_edge", "upscale")
+
+
 def retune_vos(
     store: Path,
     name: str,
-    mem_every: int,
+    changes: dict,
     val: Path,
     val_split: str = "val",
     version: str | None = None,
     redis_url: str | None = None,
 ) -> Path:
-    """Publish a checkpoint's weights again with another mem_every, re-measured on held-out
-    videos, as a new version.
+    """Publish a checkpoint's weights again with other inference settings (`changes`, of
+    RETUNABLE: mem_every, short_edge, upscale), re-measured on held-out videos, as a new
+    version.
 
-    mem_every only decides which frames inference memorises (training never reads it), so the
-    weights are those of the version they come from; the new manifest keeps how they were trained
-    and records the change, the version it was made from and that version's metrics.
+    Those settings decide which frames inference memorises and at what size it works, so the
+    weights are those of the version they come from; the new manifest keeps how they were
+    trained and records the change, the version it was made from and that version's metrics.
     """
+    unknown = sorted(set(changes) - set(RETUNABLE))
+    if unknown or not changes:
+        raise ValueError(
+            f"a retune changes some of {', '.join(RETUNABLE)}; got {unknown or 'none'}"
+        )
     source = CheckpointStore(store).load(FAMILY, name, version)
-    config = VosConfig.from_dict({**source.manifest.architecture, "mem_every": mem_every})
+    before = source.manifest.architecture
+    config = VosConfig.from_dict({**before, **changes})
     model = STCN(config)
     model.load_state_dict(source.model.state_dict())
     videos = load_davis(locate_davis(val, val_split), val_split).videos
     metrics = evaluate_vos_model(prepare_for_inference(model), videos)
-    log.info("mem_every %d on %d videos: %s", mem_every, len(videos), metrics)
+    log.info("%s on %d videos: %s", changes, len(videos), metrics)
+    defaults = VosConfig().to_dict()
     return republish(
         store,
         redis_url,
@@ -277,7 +290,7 @@ def retune_vos(
         model,
         config.to_dict(),
         "retuned",
-        {"mem_every": [source.model.config.mem_every, mem_every]},
+        {key: [before.get(key, defaults[key]), value] for key, value in changes.items()},
         metrics={**metrics, "val_videos": len(videos)},
         metrics_before=source.manifest.metrics,
     )
@@ -328,7 +341,10 @@ def evaluate_vos_model(model: STCN, videos: list[DavisVideo]) -> dict[str, float
 
 def _clip_settings(cfg: VosTrainConfig, model_config: VosConfig) -> ClipSettings:
     return ClipSettings(
-        crop=tuple(cfg.crop), max_gap=cfg.max_gap, short_edge=model_config.short_edge
+        crop=tuple(cfg.crop),
+        max_gap=cfg.max_gap,
+        short_edge=model_config.short_edge,
+        upscale=model_config.upscale,
     )
 
 

@@ -33,6 +33,7 @@ class ClipSettings:
     # Objects entering the view are tiny on a clip's first frame; following them is learnt too.
     min_object_pixels: int = 20  # a smaller first-frame object (in the crop) is not followed
     short_edge: int | None = 240  # the model's working resolution
+    upscale: bool = False  # smaller frames are scaled up to it too (VosConfig.upscale)
     crop_tries: int = 10
 
     def __post_init__(self) -> None:
@@ -120,9 +121,13 @@ class VosClipDataset(Dataset):
                 raise DatasetError(video.annotation_paths[t], "mask size differs from its frame")
             images.append(image)
             ids.append(mask)
-        height, width = working_size(images[0].shape[:2], self.settings.short_edge)
+        settings = self.settings
+        height, width = working_size(images[0].shape[:2], settings.short_edge, settings.upscale)
         if (height, width) != images[0].shape[:2]:
-            images = [cv2.resize(i, (width, height), interpolation=cv2.INTER_AREA) for i in images]
+            # Area averaging to shrink, as inference's antialiased resize; bilinear to enlarge.
+            smaller = height < images[0].shape[0]
+            mode = cv2.INTER_AREA if smaller else cv2.INTER_LINEAR
+            images = [cv2.resize(i, (width, height), interpolation=mode) for i in images]
             ids = [cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST) for m in ids]
         return np.stack(images), np.stack(ids)
 

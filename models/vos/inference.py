@@ -131,11 +131,15 @@ def prepare_for_inference(model: STCN) -> STCN:
     return model.eval().to(memory_format=torch.channels_last)
 
 
-def working_size(input_size: tuple[int, int], short_edge: int | None) -> tuple[int, int]:
+def working_size(
+    input_size: tuple[int, int], short_edge: int | None, upscale: bool = False
+) -> tuple[int, int]:
     """The size frames are processed at: scaled down so that the short side is at most
-    short_edge, aspect ratio kept; never scaled up."""
+    short_edge, aspect ratio kept; scaled up to it too only with `upscale`."""
     height, width = input_size
-    if short_edge is None or min(height, width) <= short_edge:
+    if short_edge is None or min(height, width) == short_edge:
+        return height, width
+    if min(height, width) < short_edge and not upscale:
         return height, width
     scale = short_edge / min(height, width)
     return max(1, round(height * scale)), max(1, round(width * scale))
@@ -150,12 +154,15 @@ def padding_for(size: tuple[int, int], multiple: int = STRIDE) -> tuple[int, int
 
 
 def prepare_frame(
-    frame: Frame, short_edge: int | None, device: torch.device | str | None = None
+    frame: Frame,
+    short_edge: int | None,
+    device: torch.device | str | None = None,
+    upscale: bool = False,
 ) -> PreparedFrame:
     """A uint8 (H, W, 3) RGB frame (numpy or tensor) as the model takes it."""
     image = to_float_image(frame, device)
     input_size = (int(image.shape[1]), int(image.shape[2]))
-    size = working_size(input_size, short_edge)
+    size = working_size(input_size, short_edge, upscale)
     image = _resize(image[None], size)
     image = normalize(image, IMAGENET_MEAN, IMAGENET_STD)
     # Padding after normalising: padded pixels are the dataset mean, as in the reference.
@@ -229,7 +236,7 @@ class VosSession:
         return bool(self._object_ids) or self.next_frame_index in self._prompts
 
     def prepare(self, frame: Frame) -> PreparedFrame:
-        return prepare_frame(frame, self.short_edge, self.device)
+        return prepare_frame(frame, self.short_edge, self.device, self.model.config.upscale)
 
     def add_prompt(self, frame_index: int, masks_by_object_id: Mapping[int, MaskLike]) -> None:
         """Masks (H, W) of objects on a frame not yet stepped: new objects, or corrections.
@@ -370,7 +377,9 @@ class VosSession:
         self, pending: dict[int, dict[int, Tensor]], input_size: tuple[int, ...]
     ) -> None:
         """Refuses prompts whose frames would not fit in memory beside the pinned frames."""
-        height, width = working_size((int(input_size[0]), int(input_size[1])), self.short_edge)
+        height, width = working_size(
+            (int(input_size[0]), int(input_size[1])), self.short_edge, self.model.config.upscale
+        )
         positions = math.ceil(height / STRIDE) * math.ceil(width / STRIDE)
         config = self.model.config
         dtype = next(self.model.parameters()).dtype

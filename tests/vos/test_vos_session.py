@@ -179,6 +179,40 @@ def test_frames_are_processed_at_the_working_size_and_returned_at_the_input_size
 
 
 @pytest.mark.parametrize(
+    ("size", "short_edge", "upscale", "expected"),
+    [
+        ((60, 90), 24, False, (24, 36)),  # larger frames shrink either way
+        ((60, 90), 24, True, (24, 36)),
+        ((20, 30), 40, False, (20, 30)),  # smaller ones stay as they are
+        ((20, 30), 40, True, (40, 60)),  # unless the model works upscaled
+        ((40, 60), 40, True, (40, 60)),
+        ((20, 30), None, False, (20, 30)),
+    ],
+)
+def test_working_size(size, short_edge, upscale, expected):
+    assert working_size(size, short_edge, upscale) == expected
+
+
+def test_an_upscaling_model_works_at_its_short_edge_and_answers_at_the_input_size():
+    from dataclasses import replace
+
+    model = STCN(replace(tiny_config(), short_edge=48, upscale=True)).eval()
+    session = VosSession(model)
+    frames = random_frames(2, 32, 40)
+    assert session.prepare(frames[0]).working_size == (48, 60)
+    session.add_prompt(0, {1: box_mask(32, 40, 4, 4, 12)})
+    for frame in frames:
+        assert_well_formed(session.step(frame), [1], (32, 40))
+
+
+def test_upscale_needs_a_short_edge():
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="upscale needs a short_edge"):
+        replace(tiny_config(), short_edge=None, upscale=True)
+
+
+@pytest.mark.parametrize(
     ("masks", "message"),
     [
         ({}, "at least one"),

@@ -61,6 +61,20 @@ def test_clips_follow_at_most_two_first_frame_objects(dataset):
             assert torch.equal(clip.first_masks[k].bool(), clip.labels[0] == k + 1)
 
 
+@pytest.mark.parametrize(
+    ("short_edge", "upscale", "size"),
+    [(32, False, (32, 48)), (96, False, (64, 96)), (96, True, (96, 144))],
+)
+def test_clips_are_cut_at_the_working_size_as_inference_works(dataset, short_edge, upscale, size):
+    root, _ = dataset
+    video = load_davis(root / "davis", "train").videos[0]
+    clips = VosClipDataset([video], ClipSettings(short_edge=short_edge, upscale=upscale), seed=1)
+    images, ids = clips._load(video, [0, 1, 2])
+    assert images.shape == (3, *size, 3) and ids.shape == (3, *size)
+    # Labels are resized by nearest neighbour: no id appears that the annotation lacks.
+    assert set(np.unique(ids)) <= set(np.unique(np.stack(video.load_masks())))
+
+
 def test_bootstrap_keeps_the_hardest_pixels_after_warm_up():
     schedule = Bootstrap(start=0.1, end=0.5, top_p=0.2)
     assert schedule.share(0, 100) == 1.0 and schedule.share(50, 100) == pytest.approx(0.2)
@@ -132,6 +146,31 @@ def test_retune_republishes_the_weights_with_another_mem_every(dataset, tmp_path
     old, new = load_checkpoint(source).model, load_checkpoint(retuned).model
     for name, tensor in old.state_dict().items():
         torch.testing.assert_close(new.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+def test_retune_to_an_upscaled_working_size_and_a_retune_of_nothing(dataset, tmp_path):
+    root, _ = dataset
+    source = train_vos(config(root, tmp_path))
+    store = tmp_path / "store"
+    retune = ["train", "vos-retune", "--store", str(store), "--val", str(root)]
+    retune += ["--val-split", "train"]
+    nothing = CliRunner().invoke(app, retune)
+    assert nothing.exit_code == 2 and "nothing to change" in " ".join(nothing.output.split())
+    assert [p for p in (store / "vos" / "stcn").iterdir()] == [source]
+
+    result = CliRunner().invoke(app, [*retune, "--short-edge", "96", "--upscale"])
+    assert result.exit_code == 0, result.output
+    [retuned] = [p for p in (store / "vos" / "stcn").iterdir() if p != source]
+    before = json.loads((source / "manifest.json").read_text())["architecture"]
+    after = json.loads((retuned / "manifest.json").read_text())
+    assert after["architecture"] == {**before, "short_edge": 96, "upscale": True}
+    changed = after["training"]["retuned"]["changed"]
+    assert changed == {"short_edge": [before["short_edge"], 96], "upscale": [False, True]}
+    # The 96x64 videos are now segmented at 144x96, and still answered at their size.
+    model = load_checkpoint(retuned).model
+    assert model.config.upscale and model.config.short_edge == 96
+    video = load_davis(root / "davis", "train").videos[0]
+    assert run_video(model, video).shape[1:] == (64, 96)
 
 
 def test_fine_tune_on_a_mix_leaves_videos_without_objects_out(dataset, tmp_path):
