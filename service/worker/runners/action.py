@@ -118,10 +118,11 @@ class ActionSession:
 
 class ActionHead(StageHead):
     # The actors are the tracker's objects at 0.5, the threshold the head was measured with, not
-    # the tracker's calibrated served default (0.85 for the shipped masktrack), which gives up
+    # the tracker's calibrated served default (0.75 for the shipped masktrack), which gives up
     # objects to answer none on scenes without any. On the held-out set of
-    # benchmarks/action_quality.py (seed 960) the served frame-mAP@0.5 is 0.640 at 0.5, 0.600 at
-    # 0.8 and 0.587 at 0.85. A request's score_threshold still sets it.
+    # benchmarks/action_quality.py (seed 960), with the masktrack of 2026-12-04 10:18 (calibrated
+    # 0.85), the served frame-mAP@0.5 was 0.640 at 0.5, 0.600 at 0.8 and 0.587 at 0.85. A
+    # request's score_threshold still sets it.
     first_stage_defaults = {"score_threshold": 0.5}
 
     def __init__(self, model, name: str, version: str, actions: list[str], fps: float, classes):
