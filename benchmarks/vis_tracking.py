@@ -6,6 +6,7 @@ ground-truth track, matched on a frame to a predicted object (mask IoU >= 0.5, o
 matched to a different predicted id than the last time it was matched.
 
     uv run python benchmarks/vis_tracking.py [--videos 16] [--seed 300] [--difficulty 0.8]
+        [--store checkpoints]   (the store's newest masktrack)
 """
 
 import argparse
@@ -34,8 +35,10 @@ def main() -> None:
     parser.add_argument("--difficulty", type=float, default=0.8)
     parser.add_argument("--objects", type=int, default=6)
     parser.add_argument("--score-threshold", type=float, default=0.5)
+    parser.add_argument("--store", type=Path, default=SHIPPED_CHECKPOINTS)
     args = parser.parse_args()
-    runner = load_runner_from_store(SHIPPED_CHECKPOINTS, "masktrack", "cpu")
+    runner = load_runner_from_store(args.store, "masktrack", "cpu")
+    model = runner.forward.model
     with tempfile.TemporaryDirectory() as tmp:
         world = WorldConfig(
             frames=args.frames, max_objects=args.objects, difficulty=args.difficulty
@@ -45,9 +48,7 @@ def main() -> None:
         total_switches = total_tracks = total_matched = 0
         for video_id, video in data.videos.items():
             frames = (read_rgb(data.frame_path(video_id, t)) for t in range(video.length))
-            predictions = list(
-                segment_video(runner.model, frames, runner.classes, args.score_threshold)
-            )
+            predictions = list(segment_video(model, frames, runner.classes, args.score_threshold))
             gt = {
                 tr.id: [
                     None if m is None else m.astype(bool)
@@ -59,8 +60,9 @@ def main() -> None:
             total_switches += counted.switches
             total_matched += counted.matched
             total_tracks += len(gt)
-        metrics = evaluate_vis_model(runner.model, data, list(data.videos), list(runner.classes))
+        metrics = evaluate_vis_model(model, data, list(data.videos), list(runner.classes))
     print(
+        f"masktrack {runner.info.version}: "
         f"{args.videos} held-out videos (seed {args.seed}, difficulty {args.difficulty}, "
         f"up to {args.objects} objects, {args.frames} frames), score >= {args.score_threshold}"
     )
