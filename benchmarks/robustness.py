@@ -55,10 +55,14 @@ from service.writers.ytvis import ytvis_results  # noqa: E402
 HELD_OUT_SEEDS = {"negatives": 970, "wide": 971, "classic": 972}
 FRAMES = 24
 SPLIT = "val"
+# Issue 20's targets. Its AP target is on "held-out synthetic videos at the validation set's
+# settings": the classic world, which the masktrack validation set is (as its stcn targets tell
+# photographic videos, 0.6, from synthetic ones, 0.85). The wide world's AP is reported, untargeted.
 TARGETS = {
     "masktrack false objects per frame (negatives)": "<= 0.1",
-    "masktrack YouTube-VIS AP (wide)": ">= 0.7",
+    "masktrack YouTube-VIS AP (classic)": ">= 0.7",
     "masktrack id switches per track (wide)": "<= 0.3",
+    "masktrack id switches per track (classic)": "<= 0.3",
     "stcn J&F (wide)": ">= 0.6",
     "stcn J&F (classic)": ">= 0.85",
 }
