@@ -27,12 +27,18 @@ def _setup() -> None:
     install_log_filter()  # every line shows its request's id (X-Request-ID), "-" outside one
 
 
-def _parse_size(size: str) -> tuple[int, int]:
+def _parse_size(
+    size: str, form: str = "WIDTHxHEIGHT", example: str = "320x240", hint: str | None = None
+) -> tuple[int, int]:
+    """'AxB' -> (A, B); anything else is the option's error, naming the form it expects."""
     try:
-        w, h = (int(v) for v in size.lower().split("x"))
+        a, b = (int(v) for v in size.lower().split("x"))
     except ValueError:
-        raise typer.BadParameter(f"'{size}' is not WIDTHxHEIGHT, e.g. 320x240") from None
-    return w, h
+        raise typer.BadParameter(
+            f"'{size}' is not {form}: expected {form} in whole pixels, e.g. {example}",
+            param_hint=hint,
+        ) from None
+    return a, b
 
 
 @app.command()
@@ -621,13 +627,11 @@ def _input_size_overrides(spec: str | None) -> dict:
     """--input-size LONGxSHORT -> the detector config's image edges ({} without it)."""
     if spec is None:
         return {}
-    parts = spec.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 32 for p in parts):
+    long_edge, short_edge = _parse_size(spec, "LONGxSHORT", "480x360", "--input-size")
+    if min(long_edge, short_edge) < 32:
         raise typer.BadParameter(
-            f"{spec!r}: expected LONGxSHORT in pixels, each at least 32 (e.g. 480x360)",
-            param_hint="--input-size",
+            f"{spec!r}: each edge at least 32 pixels", param_hint="--input-size"
         )
-    long_edge, short_edge = (int(p) for p in parts)
     if short_edge > long_edge:
         raise typer.BadParameter(f"{spec!r}: the long edge comes first", param_hint="--input-size")
     return {"image_long_edge": long_edge, "image_short_edge": short_edge}

@@ -275,14 +275,13 @@ def retune_vos(
             f"a retune changes some of {', '.join(RETUNABLE)}; got {unknown or 'none'}"
         )
     source = CheckpointStore(store).load(FAMILY, name, version)
-    before = source.manifest.architecture
-    config = VosConfig.from_dict({**before, **changes})
+    config = VosConfig.from_dict({**source.manifest.architecture, **changes})
     model = STCN(config)
     model.load_state_dict(source.model.state_dict())
     videos = load_davis(locate_davis(val, val_split), val_split).videos
     metrics = evaluate_vos_model(prepare_for_inference(model), videos)
     log.info("%s on %d videos: %s", changes, len(videos), metrics)
-    defaults = VosConfig().to_dict()
+    was = source.model.config  # the manifest's architecture, defaults filled in
     return republish(
         store,
         redis_url,
@@ -290,7 +289,7 @@ def retune_vos(
         model,
         config.to_dict(),
         "retuned",
-        {key: [before.get(key, defaults[key]), value] for key, value in changes.items()},
+        {key: [getattr(was, key), value] for key, value in changes.items()},
         metrics={**metrics, "val_videos": len(videos)},
         metrics_before=source.manifest.metrics,
     )

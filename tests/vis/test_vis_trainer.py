@@ -209,7 +209,7 @@ def test_fine_tune_at_a_larger_input_keeps_the_weights_and_records_the_size(data
     from models.common.image import prepare_batch
 
     frame = read_rgb(root / "ytvis" / "JPEGImages" / "vid0000" / "00000.jpg")
-    edges = {"long_edge": 192, "short_edge": 144}
+    edges = {"long_edge": after.config.image_long_edge, "short_edge": after.config.image_short_edge}
     assert [tuple(s) for s in prepare_batch([frame], **edges).image_sizes] == [(144, 192)]
     assert after.config.image_long_edge == 192 and after.config.image_short_edge == 144
     assert after.eval().detect([frame], min_score=0.0)[0].image_size == (96, 128)
