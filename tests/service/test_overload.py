@@ -16,7 +16,7 @@ from tests.service.test_rest import post
 
 CAPACITY = 2  # sessions: 16 frames in flight, windows of 8
 STORMS = 5
-RSS_MARGIN = 160 * 1024 * 1024
+RSS_MARGIN = 256 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,10 @@ def test_rest_excess_gets_429_and_accepted_requests_complete(small_server, video
     # Bounded: the later storms need little more memory than the first two left behind. The
     # margin allows for the allocator: with the 320x240 detector, RSS moved in one step of
     # 115 MB between two storms on CI, and by -30..+65 MB from storm to storm here, without a
-    # trend. A leak that grows by more than ~55 MB a storm fails within the last three.
+    # trend. The 480x360 detector's activations are 2.25x as large and so are its steps: one
+    # CI run climbed 176 MB from storm 2 to 5 (1178 -> 1354 MB, flat over the last two), and 12
+    # storms here went 1167 -> 1243 by the 6th and then stayed within 1249-1253 MB. A leak that
+    # grows by more than ~85 MB a storm fails within the last three.
     assert max(rss[2:]) < rss[1] + RSS_MARGIN, [r // 2**20 for r in rss]
 
 
