@@ -130,9 +130,8 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
                 ]
                 if not events:
                     raise InputError(422, "Empty video", "the video has no frames to process")
-                return response_to_proto(
-                    build_response(events, width=probe.width, height=probe.height, fps=probe.fps)
-                )
+                # The whole answer's messages are CPU work: off the event loop.
+                return await asyncio.to_thread(whole_answer, events, probe)
             except (SessionError, InputError, NoWorker) as e:
                 await _abort(context, e, self.ctx)
             finally:
@@ -459,3 +458,10 @@ async def set_health(server: grpc.aio.Server, serving: bool) -> None:
     )
     for name in ("", SERVICE_NAME):
         await server.health.set(name, status)
+
+
+def whole_answer(events: list, probe) -> pb.SegmentResponse:
+    """SegmentVideo's answer: the session's events as one SegmentResponse."""
+    return response_to_proto(
+        build_response(events, width=probe.width, height=probe.height, fps=probe.fps)
+    )
