@@ -408,6 +408,14 @@ def segment(
             show_default="the window it was trained with, also the most",
         ),
     ] = None,
+    short_edge: Annotated[
+        int | None,
+        typer.Option(
+            help="VOS models: the short side, in pixels, at which frames are segmented "
+            "(64 up to the checkpoint's): smaller is faster, masks coarser.",
+            show_default="the checkpoint's",
+        ),
+    ] = None,
 ) -> None:
     """Segment and track the objects of a video in this process (no server), writing the same
     results the service answers. VOS models (stcn) follow the objects a prompt marks."""
@@ -442,6 +450,7 @@ def segment(
         action_categories=action_categories,
         action_min_score=action_min_score,
         action_bank_window=action_bank_window,
+        short_edge=short_edge,
     )
     if ava_out and not runner.info.actions:
         raise typer.BadParameter(f"model '{name}' answers no actions", param_hint="--ava-out")

@@ -174,8 +174,9 @@ class VideoSegmentationServicer(pb_grpc.VideoSegmentationServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"fps must be in (0, {MAX_STREAM_FPS:g}]"
             )
-        # The worker checks the action options (a model without an action stage refuses them).
-        for option in ("action_stride", "action_min_score", "action_bank_window"):
+        # The worker checks the model's options (a model without an action stage refuses the
+        # action ones, a model that is not VOS short_edge).
+        for option in ("action_stride", "action_min_score", "action_bank_window", "short_edge"):
             if config.HasField(option):
                 options[option] = getattr(config, option)
         if config.action_categories:

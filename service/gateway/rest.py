@@ -104,6 +104,7 @@ class SegmentForm:
     action_categories: str | None = None
     action_min_score: float | None = None
     action_bank_window: float | None = None
+    short_edge: int | None = None
     _prompt_data: bytes | None = field(default=None, repr=False)
 
     @property
@@ -116,6 +117,7 @@ class SegmentForm:
             action_categories=self.action_categories,
             action_min_score=self.action_min_score,
             action_bank_window=self.action_bank_window,
+            short_edge=self.short_edge,
         )
 
     async def prompt_png(self, max_bytes: int) -> bytes | None:
@@ -195,6 +197,13 @@ async def segment_form(
             "features it reads (default and most: the window it was trained with; 0: off)"
         ),
     ] = None,
+    short_edge: Annotated[
+        int | None,
+        Form(
+            description="VOS models: the short side, in pixels, at which frames are segmented "
+            "(default: the checkpoint's; 64 up to it): smaller is faster, masks coarser"
+        ),
+    ] = None,
 ) -> SegmentForm:
     """The form as a dependency (FastAPI validates each field: 400 Bad parameters)."""
     return SegmentForm(
@@ -210,6 +219,7 @@ async def segment_form(
         action_categories,
         action_min_score,
         action_bank_window,
+        short_edge,
     )
 
 

@@ -110,6 +110,8 @@ class Options:
     action_min_score: float | None = None
     # Action models with a feature bank: the past seconds of each track's features it reads.
     action_bank_window: float | None = None
+    # VOS models: the short side at which frames are segmented (smaller: faster, coarser).
+    short_edge: int | None = None
 
     def form(self) -> dict[str, str]:
         """The form fields of the options given; one left as None is not sent, so the service
@@ -123,6 +125,7 @@ class Options:
             "action_stride": self.action_stride,
             "action_min_score": self.action_min_score,
             "action_bank_window": self.action_bank_window,
+            "short_edge": self.short_edge,
         }
         if self.action_categories is not None:
             fields["action_categories"] = categories_text(self.action_categories)
@@ -230,6 +233,7 @@ def session_config(
     action_categories: Categories | None = None,
     action_min_score: float | None = None,
     action_bank_window: float | None = None,
+    short_edge: int | None = None,
 ) -> pb.StreamRequest:
     """A stream's first message. None leaves an optional field unset: the service's default."""
     categories = "" if action_categories is None else categories_text(action_categories)
@@ -242,6 +246,7 @@ def session_config(
         action_categories=categories,
         action_min_score=action_min_score,
         action_bank_window=action_bank_window,
+        short_edge=short_edge,
     )
     return pb.StreamRequest(config=config)
 

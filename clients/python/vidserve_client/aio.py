@@ -67,6 +67,7 @@ class AsyncClient:
         action_categories: Categories | None = None,
         action_min_score: float | None = None,
         action_bank_window: float | None = None,
+        short_edge: int | None = None,
     ) -> SegmentResult:
         """Client.segment, awaited."""
         options = Options(
@@ -80,6 +81,7 @@ class AsyncClient:
             action_categories=action_categories,
             action_min_score=action_min_score,
             action_bank_window=action_bank_window,
+            short_edge=short_edge,
         )
         body = await self._upload("/v1/segment", video, options)
         return SegmentResult.from_dict(body, await self._classes_of(body["model"]))
@@ -98,6 +100,7 @@ class AsyncClient:
         action_categories: Categories | None = None,
         action_min_score: float | None = None,
         action_bank_window: float | None = None,
+        short_edge: int | None = None,
     ) -> Job:
         """Client.submit, awaited."""
         options = Options(
@@ -111,6 +114,7 @@ class AsyncClient:
             action_categories=action_categories,
             action_min_score=action_min_score,
             action_bank_window=action_bank_window,
+            short_edge=short_edge,
         )
         return Job.from_dict(await self._upload("/v1/jobs", video, options))
 
@@ -151,6 +155,7 @@ class AsyncClient:
         action_categories: Categories | None = None,
         action_min_score: float | None = None,
         action_bank_window: float | None = None,
+        short_edge: int | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """Client.stream as an async iterator; `frames` may also be an async iterable (a plain
         iterable is read in the event loop: it should not block)."""
@@ -164,6 +169,7 @@ class AsyncClient:
             action_categories=action_categories,
             action_min_score=action_min_score,
             action_bank_window=action_bank_window,
+            short_edge=short_edge,
         )
         call, gate = await self._retrying(lambda: self._open_stream(config, frames, state, timeout))
         try:

@@ -76,6 +76,7 @@ class Client:
         action_categories: Categories | None = None,
         action_min_score: float | None = None,
         action_bank_window: float | None = None,
+        short_edge: int | None = None,
     ) -> SegmentResult:
         """Segment a whole video (POST /v1/segment) and return its result.
 
@@ -86,7 +87,9 @@ class Client:
         objects that get actions ("person,dog" or ["person", "dog"]; default all);
         action_min_score, labels scoring below it are left out; action_bank_window, for a model
         with a feature bank (`slowfast-acrn-lfb`), the past seconds of each track it reads (0:
-        off). An option left None is not sent.
+        off). For a VOS model (`stcn`): short_edge, the short side in pixels at which frames are
+        segmented (64 up to the checkpoint's, its default): smaller is faster, masks coarser. An
+        option left None is not sent.
         """
         options = Options(
             model,
@@ -99,6 +102,7 @@ class Client:
             action_categories=action_categories,
             action_min_score=action_min_score,
             action_bank_window=action_bank_window,
+            short_edge=short_edge,
         )
         body = self._upload("/v1/segment", video, options)
         return SegmentResult.from_dict(body, self._classes_of(body["model"]))
@@ -118,6 +122,7 @@ class Client:
         action_categories: Categories | None = None,
         action_min_score: float | None = None,
         action_bank_window: float | None = None,
+        short_edge: int | None = None,
     ) -> Job:
         """Queue a video to be segmented in the background (POST /v1/jobs); the options are
         segment()'s. Returns the queued Job: follow it with job(), wait() or cancel()."""
@@ -132,6 +137,7 @@ class Client:
             action_categories=action_categories,
             action_min_score=action_min_score,
             action_bank_window=action_bank_window,
+            short_edge=short_edge,
         )
         return Job.from_dict(self._upload("/v1/jobs", video, options))
 
@@ -177,6 +183,7 @@ class Client:
         action_categories: Categories | None = None,
         action_min_score: float | None = None,
         action_bank_window: float | None = None,
+        short_edge: int | None = None,
     ) -> Iterator[StreamEvent]:
         """Stream frames over gRPC (StreamFrames) and yield the events as they come: a
         FrameResult per frame, in frame order; ActionsResult for models with an action head;
@@ -187,8 +194,8 @@ class Client:
         stream's clock (a camera's timestamps). fps: the clock of frames without a time (index /
         fps; the service's default 25). prompts: {frame index: {object id: mask}} for a prompted
         model: objects can be added on any frame. action_stride, action_categories,
-        action_min_score: segment()'s, for an action model. timeout: a deadline for the whole
-        stream (None: none).
+        action_min_score, action_bank_window: segment()'s, for an action model; short_edge:
+        segment()'s, for a VOS model. timeout: a deadline for the whole stream (None: none).
         Frames are taken from `frames` only as the service admits the stream and its flow
         control allows.
         """
@@ -202,6 +209,7 @@ class Client:
             action_categories=action_categories,
             action_min_score=action_min_score,
             action_bank_window=action_bank_window,
+            short_edge=short_edge,
         )
         call, gate = self._retrying(lambda: self._open_stream(config, frames, state, timeout))
         try:

@@ -10,7 +10,7 @@ The step commits each session's frame: its memory frame, its prompt, its objects
 prompt and the step adds both to the session together.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -42,6 +42,8 @@ from service.worker.runner import (
 from service.worker.runners import register_runners
 
 OBJECT_CATEGORY = "object"  # VOS is class-agnostic: an object is whatever its prompt marks
+# The smallest working short side a session may ask for: 4 cells of the stride-16 features.
+MIN_SHORT_EDGE = 64
 
 
 @dataclass
@@ -122,8 +124,15 @@ class VosRunner(ModelRunner):
         )
 
     def open_session(self, options: dict) -> VosSession:
-        read_options(options, {})  # STCN takes no options: a threshold means nothing here
-        return VosSession(self.model, self.settings)
+        # A threshold means nothing here; a session may work smaller than the checkpoint does
+        # (faster: the readout is quadratic in positions), never larger (costlier).
+        largest = self.settings.short_edge or self.model.config.short_edge
+        if "short_edge" not in options:
+            read_options(options, {})
+            return VosSession(self.model, self.settings)
+        spec = {"short_edge": (int, largest, MIN_SHORT_EDGE, largest)}
+        short_edge = read_options(options, spec)["short_edge"]
+        return VosSession(self.model, replace(self.settings, short_edge=short_edge))
 
     def close_session(self, state: VosSession) -> None:
         state.close()

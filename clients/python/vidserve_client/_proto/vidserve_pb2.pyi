@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SessionConfig(_message.Message):
-    __slots__ = ("model", "score_threshold", "summary", "fps", "action_stride", "action_categories", "action_min_score", "action_bank_window")
+    __slots__ = ("model", "score_threshold", "summary", "fps", "action_stride", "action_categories", "action_min_score", "action_bank_window", "short_edge")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class SessionConfig(_message.Message):
     ACTION_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     ACTION_MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     ACTION_BANK_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    SHORT_EDGE_FIELD_NUMBER: _ClassVar[int]
     model: str
     score_threshold: float
     summary: bool
@@ -27,7 +28,8 @@ class SessionConfig(_message.Message):
     action_categories: str
     action_min_score: float
     action_bank_window: float
-    def __init__(self, model: _Optional[str] = ..., score_threshold: _Optional[float] = ..., summary: _Optional[bool] = ..., fps: _Optional[float] = ..., action_stride: _Optional[float] = ..., action_categories: _Optional[str] = ..., action_min_score: _Optional[float] = ..., action_bank_window: _Optional[float] = ...) -> None: ...
+    short_edge: int
+    def __init__(self, model: _Optional[str] = ..., score_threshold: _Optional[float] = ..., summary: _Optional[bool] = ..., fps: _Optional[float] = ..., action_stride: _Optional[float] = ..., action_categories: _Optional[str] = ..., action_min_score: _Optional[float] = ..., action_bank_window: _Optional[float] = ..., short_edge: _Optional[int] = ...) -> None: ...
 
 class Mask(_message.Message):
     __slots__ = ("height", "width", "counts", "size")
