@@ -18,6 +18,7 @@ and writes a JSON report beside the issue's targets.
 
     uv run python benchmarks/robustness.py [--videos 24] [--store checkpoints]
         [--sets classic --classic-seed 973]   (one set, another held-out seed)
+        [--models stcn --stcn-short-edge 240]  (one model; stcn sessions at another size)
 """
 
 from __future__ import annotations
@@ -81,6 +82,15 @@ def main() -> None:
         default=HELD_OUT_SEEDS["classic"],
         help="another held-out classic set (973 and up: no training, test or benchmark used them)",
     )
+    parser.add_argument(
+        "--models", nargs="+", choices=["masktrack", "stcn"], default=["masktrack", "stcn"]
+    )
+    parser.add_argument(
+        "--stcn-short-edge",
+        type=int,
+        default=None,
+        help="the short_edge each stcn session asks for (default: the checkpoint's)",
+    )
     parser.add_argument("--store", type=Path, default=SHIPPED_CHECKPOINTS)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "robustness.json")
     args = parser.parse_args()
@@ -99,7 +109,7 @@ def main() -> None:
         for name, seed in seeds.items():
             generate_dataset(roots[name], worlds[name], args.videos, seed, split=SPLIT)
         with served(args.store) as url:
-            results = measure(url, roots)
+            results = measure(url, roots, args.models, args.stcn_short_edge)
     report = {
         "command": " ".join(["uv run python benchmarks/robustness.py", *sys.argv[1:]]),
         "store": str(args.store),
@@ -119,15 +129,21 @@ def main() -> None:
     print(f"report: {args.out} ({report['seconds']:.0f} s)")
 
 
-def measure(url: str, roots: dict[str, Path]) -> dict:
+def measure(
+    url: str,
+    roots: dict[str, Path],
+    models: list[str] = ("masktrack", "stcn"),
+    stcn_short_edge: int | None = None,
+) -> dict:
     """Each model's results on each of the generated sets (`roots`: set name -> its folder)."""
     results: dict[str, dict] = {"masktrack": {}, "stcn": {}}
-    if "negatives" in roots:
+    if "negatives" in roots and "masktrack" in models:
         results["masktrack"]["negatives"] = false_objects(url, roots["negatives"])
     for name in ("wide", "classic"):
-        if name in roots:
+        if name in roots and "masktrack" in models:
             results["masktrack"][name] = tracking_quality(url, roots[name])
-            results["stcn"][name] = prompted_quality(url, roots[name])
+        if name in roots and "stcn" in models:
+            results["stcn"][name] = prompted_quality(url, roots[name], stcn_short_edge)
     return results
 
 
@@ -231,9 +247,11 @@ def objects_by_frame(answer: SegmentResponse) -> list[list[dict]]:
     return [[obj.model_dump(mode="json") for obj in frame.objects] for frame in frames]
 
 
-def prompted_quality(url: str, root: Path) -> dict:
-    """DAVIS J&F of `stcn` given each video's first-frame masks (its DAVIS annotation)."""
+def prompted_quality(url: str, root: Path, short_edge: int | None = None) -> dict:
+    """DAVIS J&F of `stcn` given each video's first-frame masks (its DAVIS annotation), its
+    sessions at `short_edge` when given."""
     sequences, seconds = [], 0.0
+    form = {} if short_edge is None else {"short_edge": str(short_edge)}
     for video in load_davis(root / "davis", SPLIT).videos:
         if not video.object_ids():
             continue  # nothing to prompt (every object starts out of view)
@@ -242,6 +260,7 @@ def prompted_quality(url: str, root: Path) -> dict:
             root / "videos" / f"{video.name}.mp4",
             "stcn",
             prompt=video.annotation_paths[0].read_bytes(),
+            **form,
         )
         seconds += took
         gt = video.load_masks()
@@ -255,6 +274,7 @@ def prompted_quality(url: str, root: Path) -> dict:
         "metrics": dict(evaluate_davis(sequences).metrics),
         "model_version": answer.model_version,
         "seconds_per_video": seconds / max(1, len(sequences)),
+        "short_edge": short_edge,
     }
 
 
