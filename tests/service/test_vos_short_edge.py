@@ -29,6 +29,7 @@ from tests.service.test_vos_api import (  # noqa: F401 - fixtures
 )
 
 SMALL = 120  # the short side asked for: a quarter of the shipped 360's positions
+FEW = {"max_frames": "8"}  # enough frames to follow the objects, few enough to be quick
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,8 @@ def test_a_short_edge_out_of_range_is_refused(runner, value, words):
 
 
 def test_rest_segments_at_a_smaller_short_edge(server, video_file, prompt_png, truth):  # noqa: F811
-    default = segment(server, video_file, prompt=prompt_png)
-    small = segment(server, video_file, {"short_edge": str(SMALL)}, prompt=prompt_png)
+    default = segment(server, video_file, FEW, prompt=prompt_png)
+    small = segment(server, video_file, {**FEW, "short_edge": str(SMALL)}, prompt=prompt_png)
     assert small.status_code == 200, small.text
     frames = small.json()["frames"]
     assert len(frames) == len(default.json()["frames"])
@@ -82,7 +83,7 @@ def test_rest_segments_at_a_smaller_short_edge(server, video_file, prompt_png, t
     # The client and the local command send it the same way, and get the same masks.
     with Client(server.url) as client:
         prompt = {i: truth[0] == i for i in np.unique(truth[0]) if i}
-        result = client.segment(video_file, "stcn", prompt=prompt, short_edge=SMALL)
+        result = client.segment(video_file, "stcn", prompt=prompt, short_edge=SMALL, max_frames=8)
     assert_same_frames([f.to_dict() for f in result.frames], frames)
 
 
@@ -133,9 +134,10 @@ def test_the_local_command_takes_a_short_edge(server, video_file, prompt_png, tm
     prompt.write_bytes(prompt_png)
     out = tmp_path / "local.json"
     command = ["segment", str(video_file), "--model", "stcn", "--prompt", str(prompt)]
+    command += ["--max-frames", FEW["max_frames"]]
     result = CliRunner().invoke(app, command + ["--short-edge", str(SMALL), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    served = segment(server, video_file, {"short_edge": str(SMALL)}, prompt=prompt_png)
+    served = segment(server, video_file, {**FEW, "short_edge": str(SMALL)}, prompt=prompt_png)
     assert_same_frames(json.loads(out.read_text())["frames"], served.json()["frames"])
     refused = CliRunner().invoke(app, command + ["--short-edge", "9999", "--out", str(out)])
     assert refused.exit_code != 0 and "short_edge=9999 is outside" in refused.output
