@@ -60,6 +60,12 @@ def test_a_short_edge_out_of_range_is_refused(runner, value, words):
     assert words.format(shipped=runner.model.config.short_edge) in str(refused.value)
 
 
+def test_another_option_is_refused_naming_the_one_it_takes(runner):
+    with pytest.raises(OptionError) as refused:
+        runner.open_session({"score_threshold": 0.5})
+    assert "unknown option(s) score_threshold; this model takes short_edge" in str(refused.value)
+
+
 def test_rest_segments_at_a_smaller_short_edge(server, video_file, prompt_png, truth):  # noqa: F811
     default = segment(server, video_file, FEW, prompt=prompt_png)
     small = segment(server, video_file, {**FEW, "short_edge": str(SMALL)}, prompt=prompt_png)

@@ -127,11 +127,11 @@ class VosRunner(ModelRunner):
         # A threshold means nothing here; a session may work smaller than the checkpoint does
         # (faster: the readout is quadratic in positions), never larger (costlier).
         largest = self.settings.short_edge or self.model.config.short_edge
+        smallest = min(MIN_SHORT_EDGE, largest or MIN_SHORT_EDGE)
+        spec = {"short_edge": (int, largest or smallest, smallest, largest)}
+        short_edge = read_options(options, spec)["short_edge"]  # names it in any refusal
         if "short_edge" not in options:
-            read_options(options, {})
             return VosSession(self.model, self.settings)
-        spec = {"short_edge": (int, largest, MIN_SHORT_EDGE, largest)}
-        short_edge = read_options(options, spec)["short_edge"]
         return VosSession(self.model, replace(self.settings, short_edge=short_edge))
 
     def close_session(self, state: VosSession) -> None:
