@@ -29,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -132,7 +133,7 @@ def main() -> None:
 def measure(
     url: str,
     roots: dict[str, Path],
-    models: list[str] = ("masktrack", "stcn"),
+    models: Sequence[str] = ("masktrack", "stcn"),
     stcn_short_edge: int | None = None,
 ) -> dict:
     """Each model's results on each of the generated sets (`roots`: set name -> its folder)."""

@@ -235,8 +235,12 @@ class VosSession:
         """Whether the next step() segments anything (and so uses the frame's key features)."""
         return bool(self._object_ids) or self.next_frame_index in self._prompts
 
+    @property
+    def upscale(self) -> bool:
+        return self.model.config.upscale
+
     def prepare(self, frame: Frame) -> PreparedFrame:
-        return prepare_frame(frame, self.short_edge, self.device, self.model.config.upscale)
+        return prepare_frame(frame, self.short_edge, self.device, self.upscale)
 
     def add_prompt(self, frame_index: int, masks_by_object_id: Mapping[int, MaskLike]) -> None:
         """Masks (H, W) of objects on a frame not yet stepped: new objects, or corrections.
@@ -377,9 +381,8 @@ class VosSession:
         self, pending: dict[int, dict[int, Tensor]], input_size: tuple[int, ...]
     ) -> None:
         """Refuses prompts whose frames would not fit in memory beside the pinned frames."""
-        height, width = working_size(
-            (int(input_size[0]), int(input_size[1])), self.short_edge, self.model.config.upscale
-        )
+        size = (int(input_size[0]), int(input_size[1]))
+        height, width = working_size(size, self.short_edge, self.upscale)
         positions = math.ceil(height / STRIDE) * math.ceil(width / STRIDE)
         config = self.model.config
         dtype = next(self.model.parameters()).dtype
